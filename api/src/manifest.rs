@@ -22,7 +22,7 @@ pub enum Manifest {
         /// metadata.name.
         name: String,
         /// The spec.
-        spec: LLMRouteSpec,
+        spec: Box<LLMRouteSpec>,
     },
     /// An `LLMBudget`.
     Budget {
@@ -31,7 +31,7 @@ pub enum Manifest {
         /// metadata.name.
         name: String,
         /// The spec.
-        spec: LLMBudgetSpec,
+        spec: Box<LLMBudgetSpec>,
     },
     /// A `v1` `Secret` (only from a secrets file).
     Secret {
@@ -231,19 +231,21 @@ fn parse_one(
     }
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(spec: Option<&Value>) -> Result<T, (String, String)> {
+fn typed<T: for<'de> Deserialize<'de>>(spec: Option<&Value>) -> Result<Box<T>, (String, String)> {
     let Some(spec) = spec else {
         return Err(("spec".into(), "missing".into()));
     };
-    serde_path_to_error::deserialize::<_, T>(spec).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "spec".to_string()
-        } else {
-            format!("spec.{path}")
-        };
-        (field, e.into_inner().to_string())
-    })
+    serde_path_to_error::deserialize::<_, T>(spec)
+        .map(Box::new)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            (field, e.into_inner().to_string())
+        })
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {

@@ -1,1 +1,30 @@
+//! llmesh-sidecar: the data plane beside each app container. OpenAI-compatible endpoints on
+//! localhost, routing to providers with fallbacks, A/B splits, retries, limits, budgets, a cache,
+//! cost accounting and Prometheus metrics.
 #![forbid(unsafe_code)]
+// Errors are the cold path: a refusal is rare next to the requests served, and keeping
+// `ApiError` unboxed saves an allocation on each one.
+#![allow(clippy::result_large_err)]
+
+pub mod accesslog;
+pub mod account;
+pub mod app;
+pub mod breaker;
+pub mod budget;
+pub mod cache;
+pub mod choose;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod ratelimit;
+pub mod relay;
+pub mod runtime;
+pub mod server;
+pub mod sse;
+pub mod tokens;
+pub mod transport;
+
+pub use app::App;

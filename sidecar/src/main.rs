@@ -1,1 +1,206 @@
-fn main() {}
+//! `llmesh-sidecar --config routes.yaml`: the data plane, standalone from a file.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use llmesh_api::duration::parse_duration;
+use llmesh_sidecar::App;
+use llmesh_sidecar::config::{self, FileSource};
+use llmesh_sidecar::server;
+
+/// An OpenAI- and Anthropic-compatible LLM gateway for one pod (or one laptop).
+#[derive(Parser, Debug)]
+#[command(name = "llmesh-sidecar", version, about)]
+struct Args {
+    /// A YAML file of LLMRoute and LLMBudget manifests (the same ones you would kubectl apply).
+    #[arg(long, env = "LLMESH_CONFIG")]
+    config: PathBuf,
+
+    /// A YAML file of v1 Secret manifests holding provider keys (repeatable). Without one, a
+    /// secretRef {name: openai, key: api-key} is read from the environment variable OPENAI_API_KEY.
+    #[arg(long = "secrets", env = "LLMESH_SECRETS", value_delimiter = ',')]
+    secrets: Vec<PathBuf>,
+
+    /// Address to listen on. Loopback unless told otherwise.
+    #[arg(long, env = "LLMESH_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+
+    /// How often to check the config files for changes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    watch_interval: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    shutdown_grace: Duration,
+
+    /// Write one JSON access-log line per request to stdout.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    access_log: String,
+
+    /// Log format for operational logs (stderr).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Name of an environment variable holding comma-separated API keys clients must send
+    /// (required when listening beyond loopback).
+    #[arg(long, env = "LLMESH_API_KEYS_ENV")]
+    api_keys_env: Option<String>,
+
+    /// A file with one client API key per line (required when listening beyond loopback, unless
+    /// --api-keys-env is given).
+    #[arg(long, env = "LLMESH_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+
+    /// Check the config, print warnings, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn local_keys(args: &Args) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    if let Some(var) = &args.api_keys_env {
+        let v = std::env::var(var)
+            .map_err(|_| format!("--api-keys-env names {var}, which is not set"))?;
+        keys.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
+        );
+    }
+    if let Some(path) = &args.api_keys_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--api-keys-file {}: {e}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && !k.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if (args.api_keys_env.is_some() || args.api_keys_file.is_some()) && keys.is_empty() {
+        return Err("the API key sources given hold no keys".into());
+    }
+    Ok(keys)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LLMESH_LOG").unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+
+    let source = FileSource {
+        path: args.config.clone(),
+        secrets: args.secrets.clone(),
+    };
+    let (snapshot, warnings, files) = match source.load() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("llmesh-sidecar: invalid config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if args.check {
+        println!(
+            "{}: ok: {} route(s), {} budget(s), version {}",
+            args.config.display(),
+            snapshot.routes.len(),
+            snapshot.budgets.len(),
+            snapshot.version
+        );
+        return ExitCode::SUCCESS;
+    }
+    let keys = match local_keys(&args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("llmesh-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.listen.ip().is_loopback() && keys.is_empty() {
+        eprintln!(
+            "llmesh-sidecar: refusing to listen on {} without client API keys: anyone who can reach it could spend your provider keys. \
+             Pass --api-keys-env VAR or --api-keys-file FILE, or listen on 127.0.0.1",
+            args.listen
+        );
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("llmesh-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = App::builder()
+            .access_log(args.access_log == "on")
+            .local_keys(keys)
+            .build();
+        app.apply(&snapshot);
+        app.metrics.reloads.with_label_values(&["ok"]).inc();
+        let listener = match server::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("llmesh-sidecar: cannot listen on {}: {e}", args.listen);
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            listen = %args.listen,
+            routes = snapshot.routes.len(),
+            version = %snapshot.version,
+            "llmesh-sidecar serving; point OpenAI clients at http://{}/v1",
+            args.listen
+        );
+        tokio::spawn(config::watch(
+            app.clone(),
+            source,
+            args.watch_interval,
+            files,
+        ));
+        server::serve(app, listener, shutdown_signal(), args.shutdown_grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

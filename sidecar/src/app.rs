@@ -1,0 +1,191 @@
+//! The sidecar as a value: config, live state, metrics and log, and the request handler, so
+//! tests can drive it in process and `main` can put it behind a listener.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use llmesh_api::Snapshot;
+
+use crate::accesslog::AccessLog;
+use crate::budget::{Clock, SystemClock};
+use crate::metrics::Metrics;
+use crate::providers::mock::MockTransport;
+use crate::runtime::{self, Carry, Runtime};
+use crate::transport::{HttpTransport, Transport, TransportFactory};
+
+/// The sidecar.
+pub struct App {
+    runtime: ArcSwapOption<Runtime>,
+    carry: Mutex<Carry>,
+    transports: TransportFactory,
+    /// Every metric.
+    pub metrics: Metrics,
+    /// The access log.
+    pub log: AccessLog,
+    /// The wall clock (budget periods, log timestamps).
+    pub clock: Arc<dyn Clock>,
+    /// Whether the config came from the last good snapshot on disk rather than a fresh source.
+    pub stale: AtomicBool,
+    /// Local API keys clients must present (empty: none required).
+    pub local_keys: Vec<String>,
+}
+
+/// Builds an [`App`].
+pub struct AppBuilder {
+    transports: Option<TransportFactory>,
+    clock: Arc<dyn Clock>,
+    access_log: bool,
+    local_keys: Vec<String>,
+}
+
+impl AppBuilder {
+    /// Sends upstream requests through `f(backend)` instead of the network (tests).
+    pub fn transports(mut self, f: TransportFactory) -> Self {
+        self.transports = Some(f);
+        self
+    }
+
+    /// Uses `clock` for budget periods.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Writes the access log to stdout.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// Requires one of these keys on every request.
+    pub fn local_keys(mut self, keys: Vec<String>) -> Self {
+        self.local_keys = keys;
+        self
+    }
+
+    /// The app, with no config yet (not ready).
+    pub fn build(self) -> Arc<App> {
+        let metrics = Metrics::new();
+        let log = if self.access_log {
+            AccessLog::stdout(metrics.log_dropped.clone())
+        } else {
+            AccessLog::off(metrics.log_dropped.clone())
+        };
+        let transports = self.transports.unwrap_or_else(default_transports);
+        Arc::new(App {
+            runtime: ArcSwapOption::empty(),
+            carry: Mutex::new(Carry::default()),
+            transports,
+            metrics,
+            log,
+            clock: self.clock,
+            stale: AtomicBool::new(false),
+            local_keys: self.local_keys,
+        })
+    }
+}
+
+/// Real providers over the shared HTTP client; `mock` backends answer in process.
+pub fn default_transports() -> TransportFactory {
+    let http = Arc::new(HttpTransport::new());
+    Arc::new(move |b| {
+        if b.provider == llmesh_api::ProviderKind::Mock {
+            MockTransport::new(b) as Arc<dyn Transport>
+        } else {
+            http.clone() as Arc<dyn Transport>
+        }
+    })
+}
+
+impl App {
+    /// Starts building an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            transports: None,
+            clock: Arc::new(SystemClock),
+            access_log: false,
+            local_keys: Vec::new(),
+        }
+    }
+
+    /// Serves `snapshot` from now on. In-flight requests finish on the config they started with;
+    /// breaker, latency, limiter, cache and budget state carry over for what did not change.
+    pub fn apply(&self, snapshot: &Snapshot) {
+        let mut carry = self.carry.lock();
+        let rt = runtime::build(
+            snapshot,
+            &mut carry,
+            &self.transports,
+            &self.metrics,
+            Instant::now(),
+        );
+        self.metrics.config_info.reset();
+        self.metrics
+            .config_info
+            .with_label_values(&[&snapshot.version])
+            .set(1);
+        self.runtime.store(Some(Arc::new(rt)));
+    }
+
+    /// The config being served, if any.
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.load_full()
+    }
+
+    /// Whether a config is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.runtime.load().is_some()
+    }
+
+    /// Marks the served config as loaded from the on-disk copy while its source is away.
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+    }
+
+    /// Refreshes gauges that depend on time (circuit states, budgets) before a scrape.
+    pub fn refresh_gauges(&self) {
+        let Some(rt) = self.runtime() else { return };
+        let now = Instant::now();
+        for r in &rt.routes {
+            for b in &r.backends {
+                let state = b.breaker.state(now);
+                let l = [b.labels[0].as_str(), b.labels[1].as_str()];
+                self.metrics
+                    .circuit_state
+                    .with_label_values(&l)
+                    .set(state.gauge());
+                self.metrics
+                    .backend_up
+                    .with_label_values(&l)
+                    .set(i64::from(state != crate::breaker::BreakerState::Open));
+                self.metrics
+                    .latency_ewma
+                    .with_label_values(&l)
+                    .set(b.ewma() as i64);
+            }
+        }
+        let unix = self.clock.unix_now();
+        for b in &rt.budgets {
+            let l = [b.spec.namespace.as_str(), b.spec.name.as_str()];
+            let (spent, tokens, _) = b.spent(unix);
+            self.metrics
+                .budget_spent
+                .with_label_values(&l)
+                .set(spent as i64);
+            self.metrics
+                .budget_tokens
+                .with_label_values(&l)
+                .set(tokens as i64);
+            if let Some(limit) = b.spec.limit_usd {
+                self.metrics
+                    .budget_limit
+                    .with_label_values(&l)
+                    .set(limit as i64);
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Budgets enforced in the sidecar: spend per calendar period (UTC), reserved before the call
+//! and reconciled with actual usage after, with `max_tokens` clamped to what the remaining
+//! allowance can pay for. The wall clock is a parameter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use llmesh_api::money::{MicroUsd, cost_of, format_usd};
+use llmesh_api::prices::Prices;
+use llmesh_api::snapshot::Budget;
+use llmesh_api::{BudgetAction, BudgetPeriod};
+
+/// The wall clock, in whole seconds since the Unix epoch.
+pub trait Clock: Send + Sync {
+    /// Now, in Unix seconds (UTC).
+    fn unix_now(&self) -> u64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Days since 1970-01-01 -> (year, month 1-12, day 1-31), proleptic Gregorian.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// (year, month 1-12, day 1-31) -> days since 1970-01-01.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Start and end (Unix seconds) of the period containing `now`.
+pub fn period_bounds(period: BudgetPeriod, now: u64) -> (u64, u64) {
+    match period {
+        BudgetPeriod::Hour => {
+            let s = now - now % 3600;
+            (s, s + 3600)
+        }
+        BudgetPeriod::Day => {
+            let s = now - now % 86_400;
+            (s, s + 86_400)
+        }
+        BudgetPeriod::Month => {
+            let (y, m, _) = civil_from_days((now / 86_400) as i64);
+            let start = days_from_civil(y, m, 1) as u64 * 86_400;
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (start, days_from_civil(ny, nm, 1) as u64 * 86_400)
+        }
+    }
+}
+
+/// RFC 3339 for Unix seconds, UTC.
+pub fn rfc3339(t: u64) -> String {
+    let (y, m, d) = civil_from_days((t / 86_400) as i64);
+    let s = t % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    spent: MicroUsd,
+    tokens: u64,
+    reserved: MicroUsd,
+    reserved_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    period_start: u64,
+    total: Tally,
+    users: HashMap<String, Tally>,
+    alerted: u32,
+}
+
+/// Spend counted against one budget, kept across config reloads.
+#[derive(Debug)]
+pub struct BudgetState {
+    /// The compiled budget.
+    pub spec: Budget,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// A budget's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead; `max_tokens` is the most output tokens the remaining allowance pays for (None:
+    /// no clamp needed).
+    Allow {
+        /// Clamp for `max_tokens`.
+        max_tokens: Option<u32>,
+    },
+    /// The budget is spent and its action is `reject`.
+    Reject {
+        /// When the next period starts.
+        retry_after: Duration,
+        /// Why, for the client.
+        message: String,
+    },
+    /// The budget is spent and its action is `downgrade` to this backend.
+    Downgrade(String),
+}
+
+/// What was held for one request, released when it finishes.
+#[derive(Debug, Clone, Default)]
+pub struct Reservation {
+    cost: MicroUsd,
+    tokens: u64,
+    user: Option<String>,
+}
+
+/// A threshold crossing to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Percent of the cap.
+    pub threshold: u32,
+}
+
+impl BudgetState {
+    /// Budget state with a ledger carried over from an earlier config, if any.
+    pub fn new(spec: Budget, carried: Option<&BudgetState>) -> Self {
+        Self {
+            spec,
+            ledger: carried.map_or_else(Default::default, |c| c.ledger.clone()),
+        }
+    }
+
+    fn roll(&self, l: &mut Ledger, now: u64) {
+        let (start, _) = period_bounds(self.spec.period, now);
+        if l.period_start != start {
+            l.period_start = start;
+            l.total = Tally {
+                reserved: l.total.reserved,
+                reserved_tokens: l.total.reserved_tokens,
+                ..Tally::default()
+            };
+            for t in l.users.values_mut() {
+                t.spent = 0;
+                t.tokens = 0;
+            }
+            l.users
+                .retain(|_, t| t.reserved > 0 || t.reserved_tokens > 0);
+            l.alerted = 0;
+        }
+    }
+
+    fn remaining(&self, t: &Tally) -> (Option<i128>, Option<i128>) {
+        (
+            self.spec
+                .limit_usd
+                .map(|l| i128::from(l) - i128::from(t.spent) - i128::from(t.reserved)),
+            self.spec
+                .limit_tokens
+                .map(|l| i128::from(l) - i128::from(t.tokens) - i128::from(t.reserved_tokens)),
+        )
+    }
+
+    /// Checks a request that will send `input_tokens` and may produce up to `max_tokens` at
+    /// `prices`, and reserves its estimated cost when it may go ahead.
+    pub fn admit(
+        &self,
+        user: Option<&str>,
+        input_tokens: u64,
+        max_tokens: Option<u32>,
+        prices: &Prices,
+        now: u64,
+    ) -> (Admission, Option<Reservation>) {
+        let mut l = self.ledger.lock();
+        self.roll(&mut l, now);
+        let user = if self.spec.per_user {
+            Some(user.unwrap_or("").to_string())
+        } else {
+            None
+        };
+        let tally = match &user {
+            Some(u) => l.users.get(u).copied().unwrap_or_default(),
+            None => l.total,
+        };
+        let (usd_left, tokens_left) = self.remaining(&tally);
+        let input_cost = i128::from(cost_of(input_tokens, prices.input));
+        let spent = usd_left.is_some_and(|r| r <= input_cost)
+            || tokens_left.is_some_and(|r| r <= i128::from(input_tokens));
+        if spent {
+            let (_, end) = period_bounds(self.spec.period, now);
+            return match self.spec.action {
+                BudgetAction::Reject => (
+                    Admission::Reject {
+                        retry_after: Duration::from_secs(end.saturating_sub(now)),
+                        message: format!(
+                            "llmesh: budget {}/{} is spent for this {} ({}{}); it resets at {}. Ask its owner to raise spec.limit",
+                            self.spec.namespace,
+                            self.spec.name,
+                            period_word(self.spec.period),
+                            self.limit_words(),
+                            if user.is_some() { " per user" } else { "" },
+                            rfc3339(end)
+                        ),
+                    },
+                    None,
+                ),
+                BudgetAction::Downgrade => (
+                    Admission::Downgrade(self.spec.downgrade_backend.clone().unwrap_or_default()),
+                    None,
+                ),
+                BudgetAction::Alert => {
+                    self.reserve(&mut l, user, input_tokens, max_tokens, prices, None)
+                }
+            };
+        }
+        // Clamp output to what is left after the input is paid for.
+        let mut clamp: Option<u64> = None;
+        if let Some(left) = usd_left
+            && prices.output > 0
+        {
+            let affordable =
+                ((left - input_cost) * 1_000_000 / i128::from(prices.output)).max(1) as u64;
+            clamp = Some(affordable);
+        }
+        if let Some(left) = tokens_left {
+            let affordable = (left - i128::from(input_tokens)).max(1) as u64;
+            clamp = Some(clamp.map_or(affordable, |c| c.min(affordable)));
+        }
+        let clamp = clamp.filter(|c| max_tokens.is_none_or(|m| u64::from(m) > *c));
+        let clamp = if self.spec.action == BudgetAction::Alert {
+            None
+        } else {
+            clamp
+        };
+        self.reserve(&mut l, user, input_tokens, max_tokens, prices, clamp)
+    }
+
+    fn reserve(
+        &self,
+        l: &mut Ledger,
+        user: Option<String>,
+        input_tokens: u64,
+        max_tokens: Option<u32>,
+        prices: &Prices,
+        clamp: Option<u64>,
+    ) -> (Admission, Option<Reservation>) {
+        let out = clamp.or(max_tokens.map(u64::from)).unwrap_or(0);
+        let r = Reservation {
+            cost: cost_of(input_tokens, prices.input) + cost_of(out, prices.output),
+            tokens: input_tokens + out,
+            user: user.clone(),
+        };
+        let t = match &user {
+            Some(u) => l.users.entry(u.clone()).or_default(),
+            None => &mut l.total,
+        };
+        t.reserved += r.cost;
+        t.reserved_tokens += r.tokens;
+        (
+            Admission::Allow {
+                max_tokens: clamp.map(|c| c.min(u64::from(u32::MAX)) as u32),
+            },
+            Some(r),
+        )
+    }
+
+    /// Releases a reservation and records what the request really cost. Returns alerts for
+    /// thresholds crossed.
+    pub fn settle(&self, r: Reservation, cost: MicroUsd, tokens: u64, now: u64) -> Vec<Alert> {
+        let mut l = self.ledger.lock();
+        self.roll(&mut l, now);
+        // Spend lands in the period it finished in; a reservation carries across a rollover.
+        let release = |t: &mut Tally| {
+            t.reserved = t.reserved.saturating_sub(r.cost);
+            t.reserved_tokens = t.reserved_tokens.saturating_sub(r.tokens);
+        };
+        match &r.user {
+            Some(u) => {
+                let t = l.users.entry(u.clone()).or_default();
+                release(t);
+                t.spent += cost;
+                t.tokens += tokens;
+            }
+            None => release(&mut l.total),
+        }
+        l.total.spent += cost;
+        l.total.tokens += tokens;
+        let mut alerts = Vec::new();
+        let pct = self.percent_used(&l.total);
+        for &th in &self.spec.alert_thresholds {
+            if pct >= u128::from(th) && th > l.alerted && !self.spec.per_user {
+                alerts.push(Alert { threshold: th });
+            }
+        }
+        if let Some(a) = alerts.last() {
+            l.alerted = a.threshold;
+        }
+        alerts
+    }
+
+    fn percent_used(&self, t: &Tally) -> u128 {
+        let usd = self
+            .spec
+            .limit_usd
+            .filter(|l| *l > 0)
+            .map(|l| u128::from(t.spent) * 100 / u128::from(l));
+        let tok = self
+            .spec
+            .limit_tokens
+            .filter(|l| *l > 0)
+            .map(|l| u128::from(t.tokens) * 100 / u128::from(l));
+        usd.unwrap_or(0).max(tok.unwrap_or(0))
+    }
+
+    /// (spent micro-dollars, spent tokens, period start) this period, namespace-wide.
+    pub fn spent(&self, now: u64) -> (MicroUsd, u64, u64) {
+        let mut l = self.ledger.lock();
+        self.roll(&mut l, now);
+        (l.total.spent, l.total.tokens, l.period_start)
+    }
+
+    fn limit_words(&self) -> String {
+        match (self.spec.limit_usd, self.spec.limit_tokens) {
+            (Some(u), Some(t)) => format!("${} or {t} tokens", format_usd(u)),
+            (Some(u), None) => format!("${}", format_usd(u)),
+            (None, Some(t)) => format!("{t} tokens"),
+            (None, None) => "no cap".into(),
+        }
+    }
+}
+
+fn period_word(p: BudgetPeriod) -> &'static str {
+    match p {
+        BudgetPeriod::Hour => "hour",
+        BudgetPeriod::Day => "day",
+        BudgetPeriod::Month => "month",
+    }
+}
+
+#[cfg(test)]
+mod tests;

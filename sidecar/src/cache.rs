@@ -1,0 +1,178 @@
+//! Exact-match response cache: the whole request body is the key, bounded by entries and bytes,
+//! with a TTL. Only successful, non-streaming answers are stored.
+
+use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use llmesh_api::snapshot::Cache as CacheSpec;
+
+/// A cached answer.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    /// The response body.
+    pub body: Bytes,
+    /// Index of the backend that produced it.
+    pub backend: usize,
+}
+
+struct Entry {
+    request: Bytes,
+    hit: Hit,
+    expires: Instant,
+}
+
+struct Inner {
+    lru: LruCache<u64, Entry>,
+    bytes: u64,
+}
+
+/// One route's cache.
+pub struct ResponseCache {
+    spec: CacheSpec,
+    hasher: std::collections::hash_map::RandomState,
+    inner: Mutex<Inner>,
+}
+
+impl ResponseCache {
+    /// An empty cache with the route's bounds.
+    pub fn new(spec: CacheSpec) -> Self {
+        let cap = NonZeroUsize::new(spec.max_entries.max(1) as usize).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            spec,
+            hasher: Default::default(),
+            inner: Mutex::new(Inner {
+                lru: LruCache::new(cap),
+                bytes: 0,
+            }),
+        }
+    }
+
+    /// The route's cache settings.
+    pub fn spec(&self) -> &CacheSpec {
+        &self.spec
+    }
+
+    fn key(&self, request: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(request);
+        h.finish()
+    }
+
+    /// The fresh answer stored for exactly this request body.
+    pub fn get(&self, request: &[u8], now: Instant) -> Option<Hit> {
+        let k = self.key(request);
+        let mut i = self.inner.lock();
+        let fresh = match i.lru.get(&k) {
+            Some(e) if e.request.as_ref() == request && e.expires > now => {
+                return Some(e.hit.clone());
+            }
+            Some(_) => false,
+            None => return None,
+        };
+        if !fresh && let Some(old) = i.lru.pop(&k) {
+            i.bytes -= (old.request.len() + old.hit.body.len()) as u64;
+        }
+        None
+    }
+
+    /// Stores an answer, evicting the least recently used ones beyond the bounds.
+    pub fn put(&self, request: Bytes, hit: Hit, now: Instant) {
+        let size = (request.len() + hit.body.len()) as u64;
+        if size > self.spec.max_bytes {
+            return;
+        }
+        let k = self.key(&request);
+        let mut i = self.inner.lock();
+        let entry = Entry {
+            request,
+            hit,
+            expires: now + Duration::from_millis(self.spec.ttl_ms),
+        };
+        if let Some((_, old)) = i.lru.push(k, entry) {
+            i.bytes -= (old.request.len() + old.hit.body.len()) as u64;
+        }
+        i.bytes += size;
+        while i.bytes > self.spec.max_bytes {
+            match i.lru.pop_lru() {
+                Some((_, old)) => i.bytes -= (old.request.len() + old.hit.body.len()) as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// (entries, bytes) held.
+    pub fn usage(&self) -> (usize, u64) {
+        let i = self.inner.lock();
+        (i.lru.len(), i.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(entries: u32, bytes: u64) -> ResponseCache {
+        ResponseCache::new(CacheSpec {
+            ttl_ms: 1_000,
+            max_entries: entries,
+            max_bytes: bytes,
+        })
+    }
+
+    fn hit(s: &'static str) -> Hit {
+        Hit {
+            body: Bytes::from_static(s.as_bytes()),
+            backend: 0,
+        }
+    }
+
+    #[test]
+    fn exact_match_within_ttl() {
+        let t0 = Instant::now();
+        let c = cache(10, 10_000);
+        c.put(Bytes::from_static(b"req-a"), hit("answer-a"), t0);
+        assert_eq!(
+            c.get(b"req-a", t0 + Duration::from_millis(999))
+                .unwrap()
+                .body,
+            "answer-a"
+        );
+        assert!(c.get(b"req-b", t0).is_none());
+        assert!(c.get(b"req-a", t0 + Duration::from_millis(1_000)).is_none());
+        assert_eq!(c.usage(), (0, 0), "expired entries are dropped on read");
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let t0 = Instant::now();
+        let c = cache(2, 10_000);
+        for r in ["a", "b", "c"] {
+            c.put(Bytes::from(r), hit("x"), t0);
+        }
+        assert!(c.get(b"a", t0).is_none());
+        assert!(c.get(b"c", t0).is_some());
+        let c = cache(100, 20);
+        c.put(Bytes::from_static(b"1"), hit("123456789"), t0);
+        c.put(Bytes::from_static(b"2"), hit("123456789"), t0);
+        c.put(Bytes::from_static(b"3"), hit("123456789"), t0);
+        assert_eq!(c.usage(), (2, 20));
+        c.put(
+            Bytes::from_static(b"big"),
+            Hit {
+                body: Bytes::from(vec![0u8; 50]),
+                backend: 0,
+            },
+            t0,
+        );
+        assert!(
+            c.get(b"big", t0).is_none(),
+            "an answer over the byte bound is not stored"
+        );
+    }
+}

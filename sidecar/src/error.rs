@@ -1,0 +1,285 @@
+//! The one place errors become HTTP responses: an OpenAI-shaped
+//! `{"error": {"message", "type", "param", "code"}}` (or Anthropic's shape on `/v1/messages`)
+//! with the right status, and a low-cardinality reason for metrics.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde_json::json;
+
+/// Which wire format errors are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorFormat {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+/// An error answered to the client.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The OpenAI `type` (`invalid_request_error`, `rate_limit_exceeded`, ...).
+    pub kind: &'static str,
+    /// The OpenAI `code`, when there is one.
+    pub code: Option<&'static str>,
+    /// The request field at fault.
+    pub param: Option<String>,
+    /// What went wrong and what to do, for people. Never contains a key or a prompt.
+    pub message: String,
+    /// Seconds for the `retry-after` header.
+    pub retry_after: Option<Duration>,
+    /// A low-cardinality label for metrics (`bad_request`, `rpm`, `upstream_5xx`, ...).
+    pub reason: &'static str,
+    /// An upstream error body to hand back unchanged (already in the client's format).
+    pub passthrough: Option<Bytes>,
+}
+
+/// `Result` with [`ApiError`].
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code: None,
+            param: None,
+            message: message.into(),
+            retry_after: None,
+            reason,
+            passthrough: None,
+        }
+    }
+
+    /// 400: the request is malformed or asks for something invalid.
+    pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad_request",
+            message,
+        );
+        e.param = param.into();
+        e
+    }
+
+    /// 404 for an unknown model.
+    pub fn model_not_found(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            message,
+        );
+        e.code = Some("model_not_found");
+        e.param = Some("model".into());
+        e
+    }
+
+    /// 404 for an unknown path.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            message,
+        )
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    /// 401 for a missing or wrong local API key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "unauthorized",
+            message,
+        );
+        e.code = Some("invalid_api_key");
+        e
+    }
+
+    /// 413 for a body over the size limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_size",
+            message,
+        );
+        e.code = Some("request_too_large");
+        e
+    }
+
+    /// 429 from a local limit; `kind` is OpenAI's `requests` or `tokens`.
+    pub fn rate_limited(
+        kind: &'static str,
+        reason: &'static str,
+        retry_after: Duration,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, reason, message);
+        e.code = Some("rate_limit_exceeded");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 429 when a budget is spent.
+    pub fn budget_exceeded(retry_after: Option<Duration>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "budget",
+            message,
+        );
+        e.code = Some("budget_exceeded");
+        e.retry_after = retry_after;
+        e
+    }
+
+    /// 502/503/504 when no backend answered.
+    pub fn upstream(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            status,
+            if status == StatusCode::GATEWAY_TIMEOUT {
+                "timeout"
+            } else {
+                "server_error"
+            },
+            reason,
+            message,
+        )
+    }
+
+    /// 503 when the sidecar has no config to serve yet.
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "not_ready",
+            message,
+        )
+    }
+
+    /// 500 for a bug; the message says so.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            message,
+        )
+    }
+
+    /// Sets the `code`.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Sets the `param`.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// The response body in `format`.
+    pub fn body(&self, format: ErrorFormat) -> Bytes {
+        if let Some(b) = &self.passthrough {
+            return b.clone();
+        }
+        let v = match format {
+            ErrorFormat::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }),
+            ErrorFormat::Anthropic => json!({
+                "type": "error",
+                "error": { "type": anthropic_type(self.status), "message": self.message }
+            }),
+        };
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    }
+
+    /// The `retry-after` header value, whole seconds rounded up.
+    pub fn retry_after_header(&self) -> Option<HeaderValue> {
+        self.retry_after.map(|d| {
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            HeaderValue::from(secs as u64)
+        })
+    }
+}
+
+/// Anthropic's error `type` for a status.
+pub fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape_has_all_four_fields() {
+        let e = ApiError::bad_request(Some("messages".to_string()), "messages must be an array");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(ErrorFormat::OpenAi)).unwrap();
+        assert_eq!(v["error"]["message"], "messages must be an array");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "messages");
+        assert!(v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn anthropic_shape_maps_the_type_from_the_status() {
+        let e = ApiError::rate_limited("requests", "rpm", Duration::from_millis(1500), "slow down");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(ErrorFormat::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(e.retry_after_header().unwrap(), "2");
+    }
+}

@@ -1,0 +1,658 @@
+//! HTTP in: path dispatch (with or without the `/v1` prefix), request validation, limits,
+//! budgets, cache, then the attempt loop, and the response with its `x-llmesh-*` headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use llmesh_api::route::MaxTokensPolicy;
+
+use crate::account::Ticket;
+use crate::app::App;
+use crate::budget::Admission;
+use crate::cache::Hit;
+use crate::choose::{self, Facts};
+use crate::error::{ApiError, ErrorFormat};
+use crate::providers::Op;
+use crate::proxy::{self, Call, Outcome};
+use crate::relay::{OpenAiSse, Relay};
+use crate::runtime::{Runtime, Target};
+use crate::tokens;
+use crate::transport::BoxError;
+
+/// The response body type.
+pub type ResBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+const ENDPOINTS: &str =
+    "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models (each also without /v1)";
+
+fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ResBody> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Renders an error in `format`.
+pub fn error_response(e: &ApiError, format: ErrorFormat) -> Response<ResBody> {
+    let mut r = full(e.status, "application/json", e.body(format));
+    if let Some(v) = e.retry_after_header() {
+        r.headers_mut().insert("retry-after", v);
+    }
+    r
+}
+
+/// Answers one HTTP request.
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ResBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path();
+    let p = match path.strip_prefix("/v1") {
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    };
+    let method = req.method().clone();
+    match (&method, p) {
+        (&Method::GET, "/healthz") => return full(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            return if app.is_ready() {
+                full(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no config loaded yet\n",
+                )
+            };
+        }
+        (&Method::GET, "/metrics") => {
+            app.refresh_gauges();
+            return full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            );
+        }
+        _ => {}
+    }
+    if let Err(e) = check_local_key(&app, req.headers()) {
+        return error_response(&e, ErrorFormat::OpenAi);
+    }
+    match (&method, p) {
+        (&Method::POST, "/chat/completions") => generate(app, req, Op::Chat).await,
+        (&Method::POST, "/completions") => generate(app, req, Op::Completion).await,
+        (&Method::POST, "/embeddings") => generate(app, req, Op::Embedding).await,
+        (&Method::GET, "/models") => match app.runtime() {
+            Some(rt) => full(StatusCode::OK, "application/json", rt.models_body.clone()),
+            None => error_response(
+                &ApiError::not_ready("llmesh: no config loaded yet"),
+                ErrorFormat::OpenAi,
+            ),
+        },
+        (&Method::GET, m) if m.starts_with("/models/") => model_info(&app, &m["/models/".len()..]),
+        (_, "/chat/completions" | "/completions" | "/embeddings") => {
+            let mut r = error_response(
+                &ApiError::method_not_allowed(format!("llmesh: {p} takes POST")),
+                ErrorFormat::OpenAi,
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        _ => error_response(
+            &ApiError::not_found(format!(
+                "llmesh: nothing at {method} {path}: the sidecar serves {ENDPOINTS}"
+            )),
+            ErrorFormat::OpenAi,
+        ),
+    }
+}
+
+fn model_info(app: &App, id: &str) -> Response<ResBody> {
+    let Some(rt) = app.runtime() else {
+        return error_response(
+            &ApiError::not_ready("llmesh: no config loaded yet"),
+            ErrorFormat::OpenAi,
+        );
+    };
+    match rt.resolve(id) {
+        Some(_) => full(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "llmesh"})
+                .to_string(),
+        ),
+        None => error_response(&unknown_model(&rt, id), ErrorFormat::OpenAi),
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_local_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.local_keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let Some(key) = presented else {
+        return Err(ApiError::unauthorized(
+            "llmesh: this gateway requires an API key: send `Authorization: Bearer <key>` (or `x-api-key`) with one of the keys it was started with",
+        ));
+    };
+    // Compare against every key so timing does not reveal which one matched.
+    let ok = app.local_keys.iter().fold(false, |acc, k| {
+        acc | ct_eq(k.as_bytes(), key.trim().as_bytes())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "llmesh: the API key is not one this gateway accepts",
+        ))
+    }
+}
+
+fn unknown_model(rt: &Runtime, model: &str) -> ApiError {
+    let names = rt.model_names();
+    let list = if names.is_empty() {
+        "none are configured".to_string()
+    } else {
+        names.join(", ")
+    };
+    ApiError::model_not_found(format!(
+        "llmesh: the model `{model}` does not exist here. Models served by this sidecar: {list}"
+    ))
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("llmesh-{:016x}", fastrand::u64(..)))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads the body (up to the largest size any route accepts), then answers.
+async fn generate<B>(app: Arc<App>, req: Request<B>, op: Op) -> Response<ResBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let limit = app
+        .runtime()
+        .map_or(llmesh_api::compile::DEFAULT_MAX_REQUEST_BYTES, |rt| {
+            rt.max_request_bytes
+        });
+    let raw = match Limited::new(body, limit as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(format!(
+                "llmesh: the request body is over {limit} bytes, the most any route here accepts (limits.maxRequestBytes)"
+            )))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            None,
+            format!("llmesh: could not read the request body: {e}"),
+        )),
+    };
+    answer(app, parts.headers, parts.uri.path().to_string(), raw, op).await
+}
+
+/// A generation request (chat, completion, embedding), end to end. Boxed as `Send` here, at one
+/// concrete point, so the server's spawned futures are `Send` without higher-ranked bounds.
+fn answer(
+    app: Arc<App>,
+    headers: HeaderMap,
+    path: String,
+    raw: Result<Bytes, ApiError>,
+    op: Op,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResBody>> + Send>> {
+    Box::pin(async move {
+        let ticket = Ticket::new(app.clone(), request_id(&headers), op, path);
+        let rid = ticket.request_id.clone();
+        let mut resp = match run(&app, &headers, raw, op, ticket).await {
+            Ok(Done::Full {
+                body,
+                usage,
+                status,
+                ticket,
+            }) => {
+                let cost = usage.as_ref().map(|u| ticket.cost(u));
+                let mut r = full(status, "application/json", body);
+                llmesh_headers(&ticket, r.headers_mut(), cost);
+                ticket.finish(status.as_u16(), usage, "", false);
+                r
+            }
+            Ok(Done::Stream(relay)) => {
+                let mut r = Response::new(relay.boxed_unsync());
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                r.headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                r
+            }
+            Err((e, t)) => {
+                let mut r = error_response(&e, ErrorFormat::OpenAi);
+                llmesh_headers(&t, r.headers_mut(), None);
+                t.finish(e.status.as_u16(), None, e.reason, false);
+                r
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    })
+}
+
+#[allow(clippy::large_enum_variant)] // transient, moved once into the response
+enum Done {
+    Full {
+        body: Bytes,
+        usage: Option<crate::providers::Usage>,
+        status: StatusCode,
+        ticket: Ticket,
+    },
+    Stream(Relay),
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// The `x-llmesh-*` headers for what served the request.
+fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
+    let Some(rt) = &t.rt else { return };
+    let Some(r) = t.route else { return };
+    let route = &rt.routes[r];
+    set(h, "x-llmesh-route", &route.spec.name);
+    if let Some(b) = t.backend {
+        let b = &route.backends[b].spec;
+        set(h, "x-llmesh-backend", &b.name);
+        set(h, "x-llmesh-variant", &b.variant);
+        set(h, "x-llmesh-provider", b.provider.as_str());
+    }
+    set(h, "x-llmesh-attempts", &t.attempts.to_string());
+    if !t.fallbacks.is_empty() {
+        set(h, "x-llmesh-fallback-from", &t.fallbacks.join(","));
+    }
+    if let Some(rule) = &t.rule {
+        set(h, "x-llmesh-rule", rule);
+    }
+    if t.cache != "off" {
+        set(h, "x-llmesh-cache", t.cache);
+    }
+    if let Some(c) = cost {
+        set(h, "x-llmesh-cost-usd", &llmesh_api::money::format_usd(c));
+    }
+}
+
+/// Everything between the parsed request and the response. The ticket comes back with the
+/// answer or the error so the caller accounts for it; for streams it moves into the relay.
+async fn run(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    raw: Result<Bytes, ApiError>,
+    op: Op,
+    mut ticket: Ticket,
+) -> Result<Done, (ApiError, Ticket)> {
+    macro_rules! fail {
+        ($e:expr) => {{
+            return Err(($e, ticket));
+        }};
+    }
+    let Some(rt) = app.runtime() else {
+        fail!(ApiError::not_ready(
+            "llmesh: no config loaded yet: the sidecar is waiting for its first snapshot"
+        ))
+    };
+    ticket.rt = Some(rt.clone());
+    let raw = match raw {
+        Ok(b) => b,
+        Err(e) => fail!(e),
+    };
+    let mut body: Map<String, Value> = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => fail!(ApiError::bad_request(
+            None,
+            format!(
+                "llmesh: the request body is not a JSON object ({e}); send Content-Type: application/json with an object body"
+            )
+        )),
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => fail!(ApiError::bad_request(
+            Some("model".into()),
+            "llmesh: you must provide a model parameter (the route name, e.g. \"model\": \"chat\")"
+        )),
+    };
+    ticket.model = model.clone();
+    let Some(Target { route: ri, pinned }) = rt.resolve(&model) else {
+        fail!(unknown_model(&rt, &model))
+    };
+    ticket.route = Some(ri);
+    let route = &rt.routes[ri];
+    let name = route.spec.name.as_str();
+    let limits = &route.spec.limits;
+    let m = &app.metrics;
+    let reject = |limit: &str| m.limit_rejections.with_label_values(&[name, limit]).inc();
+
+    if raw.len() as u64 > limits.max_request_bytes {
+        reject("body_size");
+        fail!(ApiError::too_large(format!(
+            "llmesh: the request body is {} bytes, over route `{name}`'s limit of {} (limits.maxRequestBytes); send less, or raise the limit",
+            raw.len(),
+            limits.max_request_bytes
+        )))
+    }
+    if let Err(e) = validate(op, &body) {
+        fail!(e)
+    }
+    let stream = op != Op::Embedding && body.get("stream").and_then(Value::as_bool) == Some(true);
+    ticket.stream = stream;
+    let client_wants_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    let prompt = tokens::chat_prompt(&body);
+    ticket.prompt_estimate = prompt.tokens;
+
+    if let Some(max) = limits.max_input_tokens
+        && prompt.tokens > max
+    {
+        reject("input_tokens");
+        fail!(ApiError::bad_request(
+            Some(if op == Op::Chat { "messages" } else if op == Op::Embedding { "input" } else { "prompt" }.into()),
+            format!(
+                "llmesh: the prompt is about {} tokens (estimated), over route `{name}`'s limit of {max} (limits.maxInputTokens); shorten it or ask the route's owner to raise the limit",
+                prompt.tokens
+            )
+        )
+        .with_code("input_tokens_exceeded"))
+    }
+
+    // max_tokens: keep whichever field the client used.
+    let mt_key = if body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let mut max_tokens = body
+        .get(mt_key)
+        .and_then(Value::as_u64)
+        .map(|v| v.min(u64::from(u32::MAX)) as u32);
+    if op != Op::Embedding {
+        if let (Some(asked), Some(limit)) = (max_tokens, limits.max_tokens)
+            && asked > limit
+        {
+            match limits.max_tokens_policy {
+                MaxTokensPolicy::Clamp => {
+                    body.insert(mt_key.into(), Value::from(limit));
+                    max_tokens = Some(limit);
+                }
+                MaxTokensPolicy::Reject => {
+                    reject("max_tokens");
+                    fail!(ApiError::bad_request(
+                        Some(mt_key.into()),
+                        format!("llmesh: {mt_key} is {asked}, over route `{name}`'s limit of {limit} (limits.maxTokens); ask for {limit} or fewer")
+                    )
+                    .with_code("max_tokens_exceeded"))
+                }
+            }
+        }
+        if max_tokens.is_none()
+            && let Some(d) = limits.default_max_tokens
+        {
+            let key = if op == Op::Chat {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            body.insert(key.into(), Value::from(d));
+            max_tokens = Some(d);
+        }
+    }
+
+    let now = Instant::now();
+    if let Some(b) = &route.rpm
+        && let Err(wait) = b.try_take(1, now)
+    {
+        reject("rpm");
+        fail!(ApiError::rate_limited(
+            "requests",
+            "rpm",
+            wait,
+            format!(
+                "llmesh: route `{name}` allows {} requests per minute from this pod (limits.requestsPerMinute); retry after {:.1}s",
+                b.per_minute(),
+                wait.as_secs_f64()
+            )
+        ))
+    }
+    if let Some(b) = &route.tpm {
+        if let Err(wait) = b.try_take(u64::from(prompt.tokens), now) {
+            reject("tpm");
+            fail!(ApiError::rate_limited(
+                "tokens",
+                "tpm",
+                wait,
+                format!(
+                    "llmesh: route `{name}` allows {} tokens per minute from this pod (limits.tokensPerMinute); retry after {:.1}s",
+                    b.per_minute(),
+                    wait.as_secs_f64()
+                )
+            ))
+        }
+        ticket.tpm_reserved = u64::from(prompt.tokens);
+    }
+
+    let user_key = header_str(headers, "x-llmesh-user")
+        .map(str::to_string)
+        .or_else(|| body.get("user").and_then(Value::as_str).map(str::to_string));
+    let facts = Facts {
+        user_key: user_key.as_deref(),
+        task: header_str(headers, "x-llmesh-task"),
+        prompt,
+        max_tokens,
+        op: Some(op),
+    };
+    let mut plan = choose::plan(route, &facts, now, pinned);
+
+    // Budgets: priced on the backend chosen first.
+    let unix = app.clock.unix_now();
+    for budget in &route.budgets {
+        let prices = &route.backends[plan.order[0]].spec.prices;
+        match budget.admit(
+            user_key.as_deref(),
+            u64::from(prompt.tokens),
+            max_tokens,
+            prices,
+            unix,
+        ) {
+            (Admission::Allow { max_tokens: clamp }, reservation) => {
+                if let Some(c) = clamp
+                    && op != Op::Embedding
+                {
+                    body.insert(mt_key.into(), Value::from(c));
+                    max_tokens = Some(c);
+                }
+                if let Some(r) = reservation {
+                    ticket.reservations.push((budget.clone(), r));
+                }
+            }
+            (
+                Admission::Reject {
+                    retry_after,
+                    message,
+                },
+                _,
+            ) => {
+                reject("budget");
+                fail!(ApiError::budget_exceeded(Some(retry_after), message))
+            }
+            (Admission::Downgrade(backend), _) => {
+                match route.backends.iter().position(|b| b.spec.name == backend) {
+                    Some(i) => {
+                        plan = choose::Plan {
+                            order: vec![i],
+                            rule: None,
+                        }
+                    }
+                    None => fail!(ApiError::internal(format!(
+                        "llmesh: budget downgrade backend `{backend}` is not in route `{name}`"
+                    ))),
+                }
+            }
+        }
+    }
+    ticket.rule = plan.rule.map(|i| route.spec.rules[i].name.clone());
+
+    // Cache: exact match on the request body, non-streaming answers only.
+    let cache = if stream { None } else { route.cache.as_ref() };
+    if let Some(c) = cache {
+        let no_store = headers
+            .get(CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("no-store") || v.contains("no-cache"));
+        if no_store {
+            ticket.cache = "bypass";
+        } else if let Some(hit) = c.get(&raw, now) {
+            ticket.cache = "hit";
+            ticket.backend = Some(hit.backend);
+            m.cache.with_label_values(&[name, "hit"]).inc();
+            return Ok(Done::Full {
+                body: hit.body,
+                usage: None,
+                status: StatusCode::OK,
+                ticket,
+            });
+        } else {
+            ticket.cache = "miss";
+        }
+        m.cache.with_label_values(&[name, ticket.cache]).inc();
+    }
+
+    let call = Call {
+        op,
+        body: &mut body,
+        stream,
+        client_wants_usage,
+        prompt_tokens: prompt.tokens,
+        max_tokens,
+    };
+    match proxy::run(route, &plan, call, &mut ticket).await {
+        Err(e) => fail!(e),
+        Ok(Outcome::Full { body, usage }) => {
+            if let (Some(c), "miss", Some(b)) = (cache, ticket.cache, ticket.backend) {
+                c.put(
+                    raw,
+                    Hit {
+                        body: body.clone(),
+                        backend: b,
+                    },
+                    Instant::now(),
+                );
+            }
+            Ok(Done::Full {
+                body,
+                usage,
+                status: StatusCode::OK,
+                ticket,
+            })
+        }
+        Ok(Outcome::Stream(start)) => {
+            let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
+            Ok(Done::Stream(Relay::new(
+                start,
+                Box::new(OpenAiSse),
+                idle,
+                ticket,
+            )))
+        }
+    }
+}
+
+/// The minimal shape each operation needs; everything else passes through to the provider.
+fn validate(op: Op, body: &Map<String, Value>) -> Result<(), ApiError> {
+    match op {
+        Op::Chat => match body.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => {
+                for (i, msg) in m.iter().enumerate() {
+                    if msg.get("role").and_then(Value::as_str).is_none() {
+                        return Err(ApiError::bad_request(
+                            Some(format!("messages[{i}].role")),
+                            format!(
+                                "llmesh: messages[{i}] has no role: each message needs \"role\" (system, user, assistant or tool)"
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Some(Value::Array(_)) => Err(ApiError::bad_request(
+                Some("messages".into()),
+                "llmesh: messages is empty: send at least one message",
+            )),
+            _ => Err(ApiError::bad_request(
+                Some("messages".into()),
+                "llmesh: messages is required and must be an array of {\"role\", \"content\"} objects",
+            )),
+        },
+        Op::Completion => match body.get("prompt") {
+            Some(Value::String(_) | Value::Array(_)) => Ok(()),
+            _ => Err(ApiError::bad_request(
+                Some("prompt".into()),
+                "llmesh: prompt is required (a string or an array of strings)",
+            )),
+        },
+        Op::Embedding => match body.get("input") {
+            Some(Value::String(_) | Value::Array(_)) => Ok(()),
+            _ => Err(ApiError::bad_request(
+                Some("input".into()),
+                "llmesh: input is required (a string or an array of strings or token arrays)",
+            )),
+        },
+    }
+}

@@ -1,0 +1,515 @@
+//! OpenAI and the OpenAI-compatible family (Azure OpenAI, OpenRouter, vLLM, Ollama, Mistral,
+//! Groq, Together, DeepSeek, any other server) plus the mock, which speaks this format too.
+//!
+//! Bodies pass through untouched except for `model`, `stream_options.include_usage` (so streams
+//! report usage) and per-provider quirks; answers pass through byte for byte, with usage read on
+//! the side.
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use llmesh_api::ProviderKind;
+use llmesh_api::snapshot::Backend;
+
+use super::{
+    Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, redact,
+    retry_after,
+};
+use crate::sse::SseEvent;
+
+/// The OpenAI-compatible adapter.
+pub struct OpenAiFamily;
+
+/// Placeholder for providers whose translation is not built into this binary.
+pub struct Unsupported;
+
+/// The one instance of [`Unsupported`].
+pub static UNSUPPORTED: Unsupported = Unsupported;
+
+fn path(op: Op) -> &'static str {
+    match op {
+        Op::Chat => "chat/completions",
+        Op::Completion => "completions",
+        Op::Embedding => "embeddings",
+    }
+}
+
+/// Providers that reject `stream_options` but report usage in their last chunk anyway.
+fn injects_stream_usage(kind: ProviderKind) -> bool {
+    !matches!(kind, ProviderKind::Mistral)
+}
+
+/// Providers that only know `max_tokens`, not OpenAI's newer `max_completion_tokens`.
+fn wants_max_tokens(kind: ProviderKind) -> bool {
+    matches!(
+        kind,
+        ProviderKind::Mistral | ProviderKind::Together | ProviderKind::Ollama
+    )
+}
+
+/// The URL for `op` on `backend`.
+pub fn url(backend: &Backend, op: Op) -> String {
+    match &backend.azure {
+        Some(az) => format!(
+            "{}/deployments/{}/{}?api-version={}",
+            backend.base_url,
+            az.deployment,
+            path(op),
+            az.api_version
+        ),
+        None => format!("{}/{}", backend.base_url, path(op)),
+    }
+}
+
+impl Provider for OpenAiFamily {
+    fn supports(&self, _op: Op) -> bool {
+        true
+    }
+
+    fn request(
+        &self,
+        backend: &Backend,
+        op: Op,
+        body: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let inject_usage = stream
+            && op != Op::Embedding
+            && injects_stream_usage(backend.provider)
+            && body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                != Some(true);
+        let rename_max =
+            wants_max_tokens(backend.provider) && body.contains_key("max_completion_tokens");
+        let bytes = if inject_usage || rename_max {
+            let mut b = body.clone();
+            if inject_usage {
+                let opts = b
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !opts.is_object() {
+                    *opts = Value::Object(Map::new());
+                }
+                if let Some(o) = opts.as_object_mut() {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                }
+            }
+            if rename_max && let Some(v) = b.remove("max_completion_tokens") {
+                b.insert("max_tokens".into(), v);
+            }
+            serde_json::to_vec(&b)
+        } else {
+            serde_json::to_vec(body)
+        }
+        .map_err(|e| {
+            UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
+        })?;
+
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(url(backend, op))
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        if let Some(key) = &backend.api_key {
+            let (name, value) = if backend.provider == ProviderKind::Azure {
+                ("api-key", HeaderValue::from_str(key.expose()))
+            } else {
+                (
+                    AUTHORIZATION.as_str(),
+                    HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+                )
+            };
+            let mut value = value.map_err(|_| UpstreamError {
+                class: ErrorClass::Auth,
+                status: None,
+                message: format!(
+                    "the API key of backend `{}` contains characters not allowed in a header",
+                    backend.name
+                ),
+                retry_after: None,
+                reason: "auth",
+                openai_body: None,
+            })?;
+            value.set_sensitive(true);
+            req = req.header(name, value);
+        }
+        for (k, v) in &backend.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
+            UpstreamError::unsupported(format!(
+                "invalid upstream request for backend `{}`: {e}",
+                backend.name
+            ))
+        })
+    }
+
+    fn error(
+        &self,
+        backend: &Backend,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> UpstreamError {
+        classify(backend, status, headers, body)
+    }
+
+    fn decode(&self, backend: &Backend, _op: Op, body: Bytes) -> Result<Decoded, UpstreamError> {
+        let env: Envelope = serde_json::from_slice(&body).map_err(|e| {
+            UpstreamError::retryable(
+                "malformed",
+                format!(
+                    "backend `{}` answered with malformed JSON: {e}",
+                    backend.name
+                ),
+            )
+        })?;
+        if let Some(err) = env.error {
+            return Err(UpstreamError {
+                class: ErrorClass::Retryable,
+                status: None,
+                message: redact(&err.message(), backend.api_key.as_ref().map(|k| k.expose())),
+                retry_after: None,
+                reason: "error_body",
+                openai_body: None,
+            });
+        }
+        Ok(Decoded {
+            usage: env.usage(),
+            body,
+        })
+    }
+
+    fn stream(
+        &self,
+        backend: &Backend,
+        _op: Op,
+        client_wants_usage: bool,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream {
+            client_wants_usage,
+            key: backend.api_key.as_ref().map(|k| k.expose().to_string()),
+            usage: None,
+            done: false,
+            finished: false,
+            content_chunks: 0,
+        })
+    }
+}
+
+impl Provider for Unsupported {
+    fn supports(&self, _op: Op) -> bool {
+        false
+    }
+    fn request(
+        &self,
+        backend: &Backend,
+        _op: Op,
+        _body: &Map<String, Value>,
+        _stream: bool,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        Err(UpstreamError::unsupported(format!(
+            "provider `{}` is not supported by this build",
+            backend.provider.as_str()
+        )))
+    }
+    fn error(
+        &self,
+        backend: &Backend,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> UpstreamError {
+        classify(backend, status, headers, body)
+    }
+    fn decode(&self, backend: &Backend, _op: Op, _body: Bytes) -> Result<Decoded, UpstreamError> {
+        Err(UpstreamError::retryable(
+            "unsupported",
+            format!("provider `{}` is not supported", backend.provider.as_str()),
+        ))
+    }
+    fn stream(&self, backend: &Backend, op: Op, wants: bool) -> Box<dyn StreamDecoder> {
+        OpenAiFamily.stream(backend, op, wants)
+    }
+}
+
+/// Usage as OpenAI-compatible servers report it.
+#[derive(Deserialize, Default, Debug)]
+pub struct OaUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    // DeepSeek reports cache hits here instead.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl OaUsage {
+    /// Normalised usage.
+    pub fn normalise(&self) -> Usage {
+        Usage {
+            prompt: self.prompt_tokens.unwrap_or(0),
+            cached_input: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .or(self.prompt_cache_hit_tokens)
+                .unwrap_or(0),
+            cache_write: 0,
+            output: self.completion_tokens.unwrap_or(0),
+            estimated: false,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Envelope {
+    #[serde(default)]
+    usage: Option<OaUsage>,
+    #[serde(default)]
+    x_groq: Option<XGroq>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceFinish>>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<OaUsage>,
+}
+
+#[derive(Deserialize, Default)]
+struct ChoiceFinish {
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<Value>,
+    #[serde(default)]
+    code: Option<Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<Value>,
+}
+
+impl ErrorBody {
+    fn message(&self) -> String {
+        match &self.message {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "(no message)".into(),
+        }
+    }
+    fn code(&self) -> String {
+        let code = match &self.code {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        match &self.kind {
+            Some(Value::String(s)) => format!("{code} {s}"),
+            _ => code,
+        }
+    }
+}
+
+impl Envelope {
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+            .as_ref()
+            .or(self.x_groq.as_ref().and_then(|x| x.usage.as_ref()))
+            .map(OaUsage::normalise)
+    }
+}
+
+/// Classifies an OpenAI-family error answer.
+pub fn classify(
+    backend: &Backend,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> UpstreamError {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        error: ErrorBody,
+    }
+    let key = backend.api_key.as_ref().map(|k| k.expose());
+    let parsed = serde_json::from_slice::<Wrapper>(body).ok();
+    let (message, code) = match &parsed {
+        Some(w) => (w.error.message(), w.error.code()),
+        None => (
+            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+            String::new(),
+        ),
+    };
+    let lower = message.to_lowercase();
+    let (class, reason) = match status.as_u16() {
+        408 => (ErrorClass::Retryable, "status_408"),
+        429 => (ErrorClass::Retryable, "status_429"),
+        500..=599 => (ErrorClass::Retryable, "status_5xx"),
+        401 | 403 => (ErrorClass::Auth, "auth"),
+        404 => (ErrorClass::NotFound, "not_found"),
+        400 | 413 | 422
+            if code.contains("context_length_exceeded")
+                || lower.contains("maximum context length")
+                || lower.contains("context length")
+                || lower.contains("context window")
+                || lower.contains("too many tokens")
+                || lower.contains("prompt is too long") =>
+        {
+            (ErrorClass::ContextWindow, "context_window")
+        }
+        400 if code.contains("content_filter") || code.contains("content_policy") => {
+            (ErrorClass::ContentPolicy, "content_policy")
+        }
+        _ => (ErrorClass::Client, "status_4xx"),
+    };
+    let safe = redact(&message, key);
+    UpstreamError {
+        class,
+        status: Some(status),
+        message: format!("{} {}", status.as_u16(), safe),
+        retry_after: retry_after(headers),
+        reason,
+        // Only client errors are handed back verbatim, and only when they parse as OpenAI errors.
+        openai_body: (class == ErrorClass::Client && parsed.is_some() && safe == message)
+            .then(|| Bytes::copy_from_slice(body)),
+    }
+}
+
+struct OpenAiStream {
+    client_wants_usage: bool,
+    key: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+    finished: bool,
+    content_chunks: u64,
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+/// Whether `"key"` appears with a value other than `null` (compact or spaced JSON).
+fn has_non_null(hay: &[u8], key: &[u8]) -> bool {
+    let Some(i) = memchr::memmem::find(hay, key) else {
+        return false;
+    };
+    let rest = &hay[i + key.len()..];
+    let rest = rest
+        .strip_prefix(b":")
+        .or_else(|| rest.strip_prefix(b" :"))
+        .unwrap_or(rest);
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    !rest.starts_with(b"null") || contains(rest, key)
+}
+
+impl StreamDecoder for OpenAiStream {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let data = ev.data;
+        if data.as_ref() == b"[DONE]" {
+            self.done = true;
+            out.push(Chunk::Done);
+            return Ok(());
+        }
+        if self.done {
+            return Ok(());
+        }
+        let mentions_error = ev.event == "error" || data.starts_with(b"{\"error\"");
+        let mentions_usage = has_non_null(&data, b"\"usage\"");
+        let mentions_finish = has_non_null(&data, b"\"finish_reason\"");
+        if mentions_error || mentions_usage || mentions_finish {
+            let env: Envelope = serde_json::from_slice(&data).map_err(|e| {
+                UpstreamError::retryable(
+                    "malformed",
+                    format!("malformed JSON in the event stream: {e}"),
+                )
+            })?;
+            if let Some(err) = env.error {
+                return Err(UpstreamError::retryable(
+                    "stream_error",
+                    redact(&err.message(), self.key.as_deref()),
+                ));
+            }
+            if let Some(u) = env.usage() {
+                self.usage = Some(u);
+            }
+            let choices_empty = env.choices.as_ref().is_none_or(Vec::is_empty);
+            if env
+                .choices
+                .iter()
+                .flatten()
+                .any(|c| c.finish_reason.is_some())
+            {
+                self.finished = true;
+            }
+            if mentions_usage && choices_empty && !self.client_wants_usage {
+                return Ok(()); // the usage chunk we asked for on the client's behalf
+            }
+        } else if data.first() != Some(&b'{') {
+            return Err(UpstreamError::retryable(
+                "malformed",
+                format!(
+                    "unexpected data in the event stream: {}",
+                    String::from_utf8_lossy(&data[..data.len().min(80)])
+                ),
+            ));
+        }
+        self.content_chunks += 1;
+        out.push(Chunk::Data(data));
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        if self.done {
+            return Ok(());
+        }
+        if self.finished {
+            // Some servers omit `[DONE]` after a proper finish_reason; the answer is complete.
+            self.done = true;
+            out.push(Chunk::Done);
+            return Ok(());
+        }
+        Err(UpstreamError::retryable(
+            "stream_cut",
+            "the upstream closed the stream before it finished",
+        ))
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn output_estimate(&self) -> u64 {
+        // OpenAI-family servers send about one token per chunk; the first carries the role.
+        self.content_chunks.saturating_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests;

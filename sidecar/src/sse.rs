@@ -1,0 +1,144 @@
+//! An incremental Server-Sent Events parser (the WHATWG event-stream format) that takes bytes in
+//! whatever pieces the network delivers and yields whole events.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// One event: its `event:` name (empty when absent) and its `data:` lines joined by `\n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, or empty.
+    pub event: String,
+    /// The `data:` payload.
+    pub data: Bytes,
+}
+
+/// Accumulates bytes and splits them into events.
+#[derive(Default, Debug)]
+pub struct SseParser {
+    buf: BytesMut,
+    event: String,
+    data: BytesMut,
+    has_data: bool,
+}
+
+/// The largest event we hold while waiting for its end: a stream that never ends an event is broken.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+impl SseParser {
+    /// Adds bytes; complete events are appended to `out`. Fails when one event grows past
+    /// [`MAX_EVENT_BYTES`].
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), &'static str> {
+        self.buf.extend_from_slice(chunk);
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', &self.buf) {
+            // A lone `\r` at the end may be the first half of `\r\n`: wait for more.
+            let eol_len = if self.buf[pos] == b'\r' {
+                if pos + 1 == self.buf.len() {
+                    break;
+                }
+                if self.buf[pos + 1] == b'\n' { 2 } else { 1 }
+            } else {
+                1
+            };
+            let line = self.buf.split_to(pos);
+            self.buf.advance(eol_len);
+            self.line(&line, out);
+        }
+        if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
+            return Err("an event-stream event exceeded 16 MiB without ending");
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: a final event without its blank line is still delivered.
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.buf.is_empty() {
+            let line = self.buf.split();
+            self.line(&line, out);
+        }
+        self.dispatch(out);
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment, e.g. OpenRouter's `: OPENROUTER PROCESSING`
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.extend_from_slice(b"\n");
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
+            _ => {} // id, retry and unknown fields do not matter to a proxy
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        if self.has_data {
+            out.push(SseEvent {
+                event: std::mem::take(&mut self.event),
+                data: self.data.split().freeze(),
+            });
+        } else {
+            self.event.clear();
+        }
+        self.has_data = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in_pieces(input: &[u8], piece: usize) -> Vec<SseEvent> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for c in input.chunks(piece) {
+            p.push(c, &mut out).unwrap();
+        }
+        p.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn events_survive_any_split_point() {
+        let input = b"event: message_start\ndata: {\"a\":1}\n\n: keep-alive\r\n\r\ndata: x\r\ndata: y\r\n\r\ndata: [DONE]\n\n";
+        for piece in 1..input.len() {
+            let ev = parse_in_pieces(input, piece);
+            assert_eq!(ev.len(), 3, "piece {piece}");
+            assert_eq!(ev[0].event, "message_start");
+            assert_eq!(&ev[0].data[..], b"{\"a\":1}");
+            assert_eq!(&ev[1].data[..], b"x\ny");
+            assert_eq!(ev[1].event, "");
+            assert_eq!(&ev[2].data[..], b"[DONE]");
+        }
+    }
+
+    #[test]
+    fn a_trailing_event_without_blank_line_is_kept() {
+        let ev = parse_in_pieces(b"data: last", 3);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(&ev[0].data[..], b"last");
+    }
+
+    #[test]
+    fn an_endless_event_is_refused() {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        let big = vec![b'a'; MAX_EVENT_BYTES + 1];
+        assert!(p.push(&big, &mut out).is_err());
+    }
+}

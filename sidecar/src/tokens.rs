@@ -1,0 +1,230 @@
+//! Token estimates for limits, routing rules and cost when a provider reports no usage.
+//!
+//! A real BPE tokenizer (tiktoken's tables) would cost tens of MiB of resident memory in every
+//! pod and tens of milliseconds to load, against an 8 MiB sidecar budget. Instead this counts the
+//! pieces a GPT-style pre-tokenizer splits text into (words, digit groups, punctuation), which
+//! tracks `cl100k`/`o200k` counts on English prose and code to within about 15%, erring high on
+//! long rare words. Estimates are marked as such in metrics.
+
+use serde_json::{Map, Value};
+
+use llmesh_api::route::Complexity;
+
+/// Tokens an image part is assumed to cost (a 1024x1024 high-detail image on OpenAI).
+pub const IMAGE_TOKENS: u32 = 765;
+
+/// Estimated tokens of plain text.
+pub fn estimate_text(text: &str) -> u32 {
+    let mut tokens: u32 = 0;
+    let mut letters = 0u32;
+    let mut digits = 0u32;
+    let flush = |letters: &mut u32, digits: &mut u32, tokens: &mut u32| {
+        if *letters > 0 {
+            *tokens += 1 + (*letters - 1) / 8;
+        }
+        if *digits > 0 {
+            *tokens += (*digits).div_ceil(3);
+        }
+        *letters = 0;
+        *digits = 0;
+    };
+    let mut last_newline = false;
+    for c in text.chars() {
+        if c.is_alphabetic() && (c as u32) < 0x2E80 {
+            if digits > 0 {
+                flush(&mut letters, &mut digits, &mut tokens);
+            }
+            letters += 1;
+            last_newline = false;
+        } else if c.is_ascii_digit() {
+            if letters > 0 {
+                flush(&mut letters, &mut digits, &mut tokens);
+            }
+            digits += 1;
+            last_newline = false;
+        } else {
+            flush(&mut letters, &mut digits, &mut tokens);
+            if c == '\n' {
+                if !last_newline {
+                    tokens += 1;
+                }
+                last_newline = true;
+            } else if !c.is_whitespace() {
+                // Punctuation, symbols, and CJK characters: about one token each.
+                tokens += 1;
+                last_newline = false;
+            }
+        }
+    }
+    flush(&mut letters, &mut digits, &mut tokens);
+    tokens
+}
+
+/// What the router needs to know about a prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PromptFacts {
+    /// Estimated input tokens.
+    pub tokens: u32,
+    /// Simple or complex, for routing rules.
+    pub complexity: Complexity,
+}
+
+const REASONING_CUES: &[&str] = &[
+    "step by step",
+    "prove",
+    "analyze",
+    "analyse",
+    "derive",
+    "reason about",
+    "debug",
+    "refactor",
+    "architecture",
+    "algorithm",
+    "optimize",
+    "trade-off",
+    "tradeoff",
+    "explain why",
+];
+
+/// Estimates an OpenAI chat request body: messages (text, images, tool calls), tool definitions,
+/// plus OpenAI's per-message framing of about 4 tokens and 3 for the reply.
+pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
+    let mut tokens: u32 = 3;
+    let mut complex = false;
+    let mut text_for_cues = String::new();
+    let messages = body.get("messages").and_then(Value::as_array);
+    let count = messages.map_or(0, Vec::len);
+    for m in messages.into_iter().flatten() {
+        tokens += 4;
+        if let Some(content) = m.get("content") {
+            tokens += content_tokens(content, &mut text_for_cues);
+        }
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+            complex = true;
+            for c in calls {
+                if let Some(f) = c.get("function") {
+                    tokens += f
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map_or(0, estimate_text);
+                    tokens += f
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .map_or(0, estimate_text);
+                }
+            }
+        }
+    }
+    // Legacy completions prompt.
+    if let Some(p) = body.get("prompt") {
+        tokens += content_tokens(p, &mut text_for_cues);
+    }
+    // Embeddings input.
+    if let Some(i) = body.get("input") {
+        tokens += content_tokens(i, &mut text_for_cues);
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        complex |= !tools.is_empty();
+        for t in tools {
+            tokens += estimate_text(&t.to_string()) / 2 + 8;
+        }
+    }
+    if tokens > 1_000 || count > 6 || text_for_cues.contains("```") {
+        complex = true;
+    }
+    if !complex {
+        let lower = text_for_cues.to_lowercase();
+        complex = REASONING_CUES.iter().any(|cue| lower.contains(cue));
+    }
+    PromptFacts {
+        tokens,
+        complexity: if complex {
+            Complexity::Complex
+        } else {
+            Complexity::Simple
+        },
+    }
+}
+
+fn content_tokens(content: &Value, text: &mut String) -> u32 {
+    match content {
+        Value::String(s) => {
+            if text.len() < 64 * 1024 {
+                text.push_str(s);
+                text.push('\n');
+            }
+            estimate_text(s)
+        }
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => content_tokens(&Value::String(s.clone()), text),
+                Value::Number(_) => 1,
+                Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+                    Some("image_url" | "image" | "input_image") => IMAGE_TOKENS,
+                    _ => o.get("text").map_or(0, |t| content_tokens(t, text)),
+                },
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tracks_known_tokenizer_counts() {
+        // cl100k_base counts, for reference: 4, 9, 10.
+        assert_eq!(estimate_text("Hello, world!"), 4);
+        assert_eq!(
+            estimate_text("The quick brown fox jumps over the lazy dog."),
+            10
+        );
+        let n = estimate_text("fn main() { println!(\"hi\"); }");
+        assert!((9..=14).contains(&n), "{n}");
+        assert_eq!(estimate_text(""), 0);
+        // Long numbers split in groups of three digits.
+        assert_eq!(estimate_text("1234567"), 3);
+    }
+
+    #[test]
+    fn chat_bodies_count_framing_images_and_tools() {
+        let body = json!({
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]}
+            ]
+        });
+        let f = chat_prompt(body.as_object().unwrap());
+        assert_eq!(f.tokens, 3 + 4 + 3 + 4 + 4 + IMAGE_TOKENS);
+        assert_eq!(f.complexity, Complexity::Simple);
+    }
+
+    #[test]
+    fn complexity_sees_tools_code_length_and_cues() {
+        let simple = json!({"messages": [{"role": "user", "content": "Say hi"}]});
+        assert_eq!(
+            chat_prompt(simple.as_object().unwrap()).complexity,
+            Complexity::Simple
+        );
+        for body in [
+            json!({"messages": [{"role": "user", "content": "Prove that sqrt(2) is irrational"}]}),
+            json!({"messages": [{"role": "user", "content": "fix ```x = 1```"}]}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            json!({"messages": [{"role": "user", "content": "word ".repeat(1200)}]}),
+        ] {
+            assert_eq!(
+                chat_prompt(body.as_object().unwrap()).complexity,
+                Complexity::Complex,
+                "{body}"
+            );
+        }
+    }
+}

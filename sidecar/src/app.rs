@@ -32,6 +32,8 @@ pub struct App {
     pub stale: AtomicBool,
     /// Local API keys clients must present (empty: none required).
     pub local_keys: Vec<String>,
+    /// Responses produced here, for the Responses API's `previous_response_id`.
+    pub responses: crate::ingress::responses::Store,
 }
 
 /// Builds an [`App`].
@@ -85,6 +87,7 @@ impl AppBuilder {
             clock: self.clock,
             stale: AtomicBool::new(false),
             local_keys: self.local_keys,
+            responses: crate::ingress::responses::Store::default(),
         })
     }
 }

@@ -203,7 +203,9 @@ impl ApiError {
 
     /// The response body in `format`.
     pub fn body(&self, format: ErrorFormat) -> Bytes {
-        if let Some(b) = &self.passthrough {
+        if let Some(b) = &self.passthrough
+            && format == ErrorFormat::OpenAi
+        {
             return b.clone();
         }
         let v = match format {

@@ -20,6 +20,7 @@ use crate::budget::Admission;
 use crate::cache::Hit;
 use crate::choose::{self, Facts};
 use crate::error::{ApiError, ErrorFormat};
+use crate::ingress::{self, Endpoint};
 use crate::providers::Op;
 use crate::proxy::{self, Call, Outcome};
 use crate::relay::{OpenAiSse, Relay};
@@ -30,8 +31,7 @@ use crate::transport::BoxError;
 /// The response body type.
 pub type ResBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-const ENDPOINTS: &str =
-    "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models (each also without /v1)";
+const ENDPOINTS: &str = "/v1/chat/completions, /v1/responses, /v1/messages, /v1/completions, /v1/embeddings and /v1/models (each also without /v1)";
 
 fn full(
     status: StatusCode,
@@ -97,9 +97,11 @@ where
         return error_response(&e, ErrorFormat::OpenAi);
     }
     match (&method, p) {
-        (&Method::POST, "/chat/completions") => generate(app, req, Op::Chat).await,
-        (&Method::POST, "/completions") => generate(app, req, Op::Completion).await,
-        (&Method::POST, "/embeddings") => generate(app, req, Op::Embedding).await,
+        (&Method::POST, "/chat/completions") => generate(app, req, Endpoint::Chat).await,
+        (&Method::POST, "/completions") => generate(app, req, Endpoint::Completion).await,
+        (&Method::POST, "/embeddings") => generate(app, req, Endpoint::Embedding).await,
+        (&Method::POST, "/messages") => generate(app, req, Endpoint::Messages).await,
+        (&Method::POST, "/responses") => generate(app, req, Endpoint::Responses).await,
         (&Method::GET, "/models") => match app.runtime() {
             Some(rt) => full(StatusCode::OK, "application/json", rt.models_body.clone()),
             None => error_response(
@@ -108,7 +110,7 @@ where
             ),
         },
         (&Method::GET, m) if m.starts_with("/models/") => model_info(&app, &m["/models/".len()..]),
-        (_, "/chat/completions" | "/completions" | "/embeddings") => {
+        (_, "/chat/completions" | "/completions" | "/embeddings" | "/messages" | "/responses") => {
             let mut r = error_response(
                 &ApiError::method_not_allowed(format!("llmesh: {p} takes POST")),
                 ErrorFormat::OpenAi,
@@ -207,7 +209,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Reads the body (up to the largest size any route accepts), then answers.
-async fn generate<B>(app: Arc<App>, req: Request<B>, op: Op) -> Response<ResBody>
+async fn generate<B>(app: Arc<App>, req: Request<B>, endpoint: Endpoint) -> Response<ResBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -233,7 +235,14 @@ where
             format!("llmesh: could not read the request body: {e}"),
         )),
     };
-    answer(app, parts.headers, parts.uri.path().to_string(), raw, op).await
+    answer(
+        app,
+        parts.headers,
+        parts.uri.path().to_string(),
+        raw,
+        endpoint,
+    )
+    .await
 }
 
 /// A generation request (chat, completion, embedding), end to end. Boxed as `Send` here, at one
@@ -243,12 +252,12 @@ fn answer(
     headers: HeaderMap,
     path: String,
     raw: Result<Bytes, ApiError>,
-    op: Op,
+    endpoint: Endpoint,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResBody>> + Send>> {
     Box::pin(async move {
-        let ticket = Ticket::new(app.clone(), request_id(&headers), op, path);
+        let ticket = Ticket::new(app.clone(), request_id(&headers), endpoint.op(), path);
         let rid = ticket.request_id.clone();
-        let mut resp = match run(&app, &headers, raw, op, ticket).await {
+        let mut resp = match run(&app, &headers, raw, endpoint, ticket).await {
             Ok(Done::Full {
                 body,
                 usage,
@@ -270,7 +279,7 @@ fn answer(
                 r
             }
             Err((e, t)) => {
-                let mut r = error_response(&e, ErrorFormat::OpenAi);
+                let mut r = error_response(&e, endpoint.error_format());
                 llmesh_headers(&t, r.headers_mut(), None);
                 t.finish(e.status.as_u16(), None, e.reason, false);
                 r
@@ -333,9 +342,10 @@ async fn run(
     app: &Arc<App>,
     headers: &HeaderMap,
     raw: Result<Bytes, ApiError>,
-    op: Op,
+    endpoint: Endpoint,
     mut ticket: Ticket,
 ) -> Result<Done, (ApiError, Ticket)> {
+    let op = endpoint.op();
     macro_rules! fail {
         ($e:expr) => {{
             return Err(($e, ticket));
@@ -359,6 +369,20 @@ async fn run(
                 "llmesh: the request body is not a JSON object ({e}); send Content-Type: application/json with an object body"
             )
         )),
+    };
+    let translation = match ingress::translate(
+        endpoint,
+        body,
+        &ingress::Context {
+            responses: &app.responses,
+            request_id: &ticket.request_id,
+        },
+    ) {
+        Ok((b, t)) => {
+            body = b;
+            t
+        }
+        Err(e) => fail!(e),
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -391,11 +415,13 @@ async fn run(
     }
     let stream = op != Op::Embedding && body.get("stream").and_then(Value::as_bool) == Some(true);
     ticket.stream = stream;
-    let client_wants_usage = body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        == Some(true);
+    // Translated formats report usage themselves, from the usage chunk.
+    let client_wants_usage = translation.is_some()
+        || body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
     let prompt = tokens::chat_prompt(&body);
     ticket.prompt_estimate = prompt.tokens;
 
@@ -562,8 +588,15 @@ async fn run(
             ticket.cache = "hit";
             ticket.backend = Some(hit.backend);
             m.cache.with_label_values(&[name, "hit"]).inc();
+            let body = match translation {
+                Some(mut t) => match t.response(&hit.body, None) {
+                    Ok(b) => b,
+                    Err(e) => fail!(e),
+                },
+                None => hit.body,
+            };
             return Ok(Done::Full {
-                body: hit.body,
+                body,
                 usage: None,
                 status: StatusCode::OK,
                 ticket,
@@ -595,6 +628,13 @@ async fn run(
                     Instant::now(),
                 );
             }
+            let body = match translation {
+                Some(mut t) => match t.response(&body, usage.as_ref()) {
+                    Ok(b) => b,
+                    Err(e) => fail!(e),
+                },
+                None => body,
+            };
             Ok(Done::Full {
                 body,
                 usage,
@@ -604,12 +644,11 @@ async fn run(
         }
         Ok(Outcome::Stream(start)) => {
             let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
-            Ok(Done::Stream(Relay::new(
-                start,
-                Box::new(OpenAiSse),
-                idle,
-                ticket,
-            )))
+            let encoder = match translation {
+                Some(t) => t.encoder(),
+                None => Box::new(OpenAiSse),
+            };
+            Ok(Done::Stream(Relay::new(start, encoder, idle, ticket)))
         }
     }
 }

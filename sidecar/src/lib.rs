@@ -16,6 +16,7 @@ pub mod choose;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod ingress;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

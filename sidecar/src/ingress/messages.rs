@@ -2,14 +2,14 @@
 
 use serde_json::{Map, Value};
 
-use super::{Context, Translation};
+use super::{Context, Translated};
 use crate::error::ApiError;
 
 /// Translates an Anthropic Messages request into an OpenAI chat body.
 pub fn to_chat(
     _body: Map<String, Value>,
     _ctx: &Context<'_>,
-) -> Result<(Map<String, Value>, Option<Box<dyn Translation>>), ApiError> {
+) -> Result<Translated, ApiError> {
     Err(ApiError::not_found(
         "llmesh: /v1/messages is not available in this build",
     ))

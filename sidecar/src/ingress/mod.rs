@@ -46,6 +46,9 @@ impl Endpoint {
     }
 }
 
+/// An OpenAI chat body and, for translated formats, the translation back.
+pub type Translated = (Map<String, Value>, Option<Box<dyn Translation>>);
+
 /// What a translation keeps between a request and its answer.
 pub trait Translation: Send {
     /// Translates a complete OpenAI chat completion into the client's format.
@@ -68,7 +71,7 @@ pub fn translate(
     endpoint: Endpoint,
     body: Map<String, Value>,
     ctx: &Context<'_>,
-) -> Result<(Map<String, Value>, Option<Box<dyn Translation>>), ApiError> {
+) -> Result<Translated, ApiError> {
     match endpoint {
         Endpoint::Chat | Endpoint::Completion | Endpoint::Embedding => Ok((body, None)),
         Endpoint::Messages => messages::to_chat(body, ctx),

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Context, Translation};
+use super::{Context, Translated};
 use crate::error::ApiError;
 
 /// Responses this sidecar produced, for `previous_response_id`.
@@ -13,7 +13,7 @@ pub struct Store {}
 pub fn to_chat(
     _body: Map<String, Value>,
     _ctx: &Context<'_>,
-) -> Result<(Map<String, Value>, Option<Box<dyn Translation>>), ApiError> {
+) -> Result<Translated, ApiError> {
     Err(ApiError::not_found(
         "llmesh: /v1/responses is not available in this build",
     ))

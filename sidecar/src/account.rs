@@ -47,6 +47,9 @@ pub struct Ticket {
     pub fallbacks: Vec<String>,
     /// The rule that chose the backend.
     pub rule: Option<String>,
+    /// The A/B variant the strategy assigned (the first backend of the plan). It stays the
+    /// request's variant when a fallback answers, so experiments count their fallbacks.
+    pub variant: Option<String>,
     /// Cache result: hit, miss, bypass, off.
     pub cache: &'static str,
     /// Estimated prompt tokens (used when the provider reports no usage).
@@ -80,6 +83,7 @@ impl Ticket {
             attempts: 0,
             fallbacks: Vec::new(),
             rule: None,
+            variant: None,
             cache: "off",
             prompt_estimate: 0,
             tpm_reserved: 0,
@@ -90,11 +94,17 @@ impl Ticket {
         }
     }
 
-    /// Labels of the answering backend, or of the route alone.
+    /// Labels of the answering backend (with the assigned variant), or of the route alone.
     fn labels(&self) -> [String; 5] {
         let rt = self.rt.as_ref();
         match (rt, self.route, self.backend) {
-            (Some(rt), Some(r), Some(b)) => rt.routes[r].backends[b].labels.clone(),
+            (Some(rt), Some(r), Some(b)) => {
+                let mut l = rt.routes[r].backends[b].labels.clone();
+                if let Some(v) = &self.variant {
+                    l[4].clone_from(v);
+                }
+                l
+            }
             (Some(rt), Some(r), None) => [
                 rt.routes[r].spec.name.clone(),
                 "none".into(),

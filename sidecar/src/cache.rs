@@ -22,6 +22,7 @@ pub struct Hit {
 }
 
 struct Entry {
+    scope: usize,
     request: Bytes,
     hit: Hit,
     expires: Instant,
@@ -58,38 +59,42 @@ impl ResponseCache {
         &self.spec
     }
 
-    fn key(&self, request: &[u8]) -> u64 {
+    fn key(&self, scope: usize, request: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
+        h.write_usize(scope);
         h.write(request);
         h.finish()
     }
 
-    /// The fresh answer stored for exactly this request body.
-    pub fn get(&self, request: &[u8], now: Instant) -> Option<Hit> {
-        let k = self.key(request);
+    /// The fresh answer stored for exactly this request body in `scope` (the A/B arm the
+    /// request was assigned, so variants never serve each other's answers).
+    pub fn get(&self, scope: usize, request: &[u8], now: Instant) -> Option<Hit> {
+        let k = self.key(scope, request);
         let mut i = self.inner.lock();
-        let fresh = match i.lru.get(&k) {
-            Some(e) if e.request.as_ref() == request && e.expires > now => {
+        match i.lru.get(&k) {
+            Some(e) if e.scope == scope && e.request.as_ref() == request && e.expires > now => {
                 return Some(e.hit.clone());
             }
-            Some(_) => false,
+            Some(_) => {}
             None => return None,
-        };
-        if !fresh && let Some(old) = i.lru.pop(&k) {
+        }
+        // Expired (or a hash collision): drop it.
+        if let Some(old) = i.lru.pop(&k) {
             i.bytes -= (old.request.len() + old.hit.body.len()) as u64;
         }
         None
     }
 
-    /// Stores an answer, evicting the least recently used ones beyond the bounds.
-    pub fn put(&self, request: Bytes, hit: Hit, now: Instant) {
+    /// Stores an answer for `scope`, evicting the least recently used ones beyond the bounds.
+    pub fn put(&self, scope: usize, request: Bytes, hit: Hit, now: Instant) {
         let size = (request.len() + hit.body.len()) as u64;
         if size > self.spec.max_bytes {
             return;
         }
-        let k = self.key(&request);
+        let k = self.key(scope, &request);
         let mut i = self.inner.lock();
         let entry = Entry {
+            scope,
             request,
             hit,
             expires: now + Duration::from_millis(self.spec.ttl_ms),
@@ -136,15 +141,22 @@ mod tests {
     fn exact_match_within_ttl() {
         let t0 = Instant::now();
         let c = cache(10, 10_000);
-        c.put(Bytes::from_static(b"req-a"), hit("answer-a"), t0);
+        c.put(0, Bytes::from_static(b"req-a"), hit("answer-a"), t0);
         assert_eq!(
-            c.get(b"req-a", t0 + Duration::from_millis(999))
+            c.get(0, b"req-a", t0 + Duration::from_millis(999))
                 .unwrap()
                 .body,
             "answer-a"
         );
-        assert!(c.get(b"req-b", t0).is_none());
-        assert!(c.get(b"req-a", t0 + Duration::from_millis(1_000)).is_none());
+        assert!(c.get(0, b"req-b", t0).is_none());
+        assert!(
+            c.get(1, b"req-a", t0).is_none(),
+            "another A/B arm does not share answers"
+        );
+        assert!(
+            c.get(0, b"req-a", t0 + Duration::from_millis(1_000))
+                .is_none()
+        );
         assert_eq!(c.usage(), (0, 0), "expired entries are dropped on read");
     }
 
@@ -153,16 +165,17 @@ mod tests {
         let t0 = Instant::now();
         let c = cache(2, 10_000);
         for r in ["a", "b", "c"] {
-            c.put(Bytes::from(r), hit("x"), t0);
+            c.put(0, Bytes::from(r), hit("x"), t0);
         }
-        assert!(c.get(b"a", t0).is_none());
-        assert!(c.get(b"c", t0).is_some());
+        assert!(c.get(0, b"a", t0).is_none());
+        assert!(c.get(0, b"c", t0).is_some());
         let c = cache(100, 20);
-        c.put(Bytes::from_static(b"1"), hit("123456789"), t0);
-        c.put(Bytes::from_static(b"2"), hit("123456789"), t0);
-        c.put(Bytes::from_static(b"3"), hit("123456789"), t0);
+        c.put(0, Bytes::from_static(b"1"), hit("123456789"), t0);
+        c.put(0, Bytes::from_static(b"2"), hit("123456789"), t0);
+        c.put(0, Bytes::from_static(b"3"), hit("123456789"), t0);
         assert_eq!(c.usage(), (2, 20));
         c.put(
+            0,
             Bytes::from_static(b"big"),
             Hit {
                 body: Bytes::from(vec![0u8; 50]),
@@ -171,7 +184,7 @@ mod tests {
             t0,
         );
         assert!(
-            c.get(b"big", t0).is_none(),
+            c.get(0, b"big", t0).is_none(),
             "an answer over the byte bound is not stored"
         );
     }

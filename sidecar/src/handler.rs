@@ -318,7 +318,11 @@ fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
     if let Some(b) = t.backend {
         let b = &route.backends[b].spec;
         set(h, "x-llmesh-backend", &b.name);
-        set(h, "x-llmesh-variant", &b.variant);
+        set(
+            h,
+            "x-llmesh-variant",
+            t.variant.as_deref().unwrap_or(&b.variant),
+        );
         set(h, "x-llmesh-provider", b.provider.as_str());
     }
     set(h, "x-llmesh-attempts", &t.attempts.to_string());
@@ -574,6 +578,7 @@ async fn run(
         }
     }
     ticket.rule = plan.rule.map(|i| route.spec.rules[i].name.clone());
+    ticket.variant = Some(route.backends[plan.order[0]].spec.variant.clone());
 
     // Cache: exact match on the request body, non-streaming answers only.
     let cache = if stream { None } else { route.cache.as_ref() };
@@ -584,9 +589,10 @@ async fn run(
             .is_some_and(|v| v.contains("no-store") || v.contains("no-cache"));
         if no_store {
             ticket.cache = "bypass";
-        } else if let Some(hit) = c.get(&raw, now) {
+        } else if let Some(hit) = c.get(plan.order[0], &raw, now) {
             ticket.cache = "hit";
             ticket.backend = Some(hit.backend);
+            ticket.variant = None;
             m.cache.with_label_values(&[name, "hit"]).inc();
             let body = match translation {
                 Some(mut t) => match t.response(&hit.body, None) {
@@ -620,6 +626,7 @@ async fn run(
         Ok(Outcome::Full { body, usage }) => {
             if let (Some(c), "miss", Some(b)) = (cache, ticket.cache, ticket.backend) {
                 c.put(
+                    plan.order[0],
                     raw,
                     Hit {
                         body: body.clone(),

@@ -10,10 +10,7 @@ use crate::error::ApiError;
 pub struct Store {}
 
 /// Translates a Responses API request into an OpenAI chat body.
-pub fn to_chat(
-    _body: Map<String, Value>,
-    _ctx: &Context<'_>,
-) -> Result<Translated, ApiError> {
+pub fn to_chat(_body: Map<String, Value>, _ctx: &Context<'_>) -> Result<Translated, ApiError> {
     Err(ApiError::not_found(
         "llmesh: /v1/responses is not available in this build",
     ))

@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of llmesh against a direct call, a plain nginx hop and LiteLLM.
+
+Every target forwards to the same fast fake OpenAI server (llmesh-fake-provider, scenario
+`fast`), in the same run, so results are reported as differences and ratios against the
+baseline measured beside them. The sidecar, nginx and LiteLLM each get CPU 0 with one worker;
+the fake provider and the load generator share CPU 1.
+
+    python3 bench/run.py                  # the standard run (about 6 minutes)
+    python3 bench/run.py --quick          # shorter measurements, for a smoke test
+    python3 bench/run.py --litellm        # also LiteLLM (installs litellm[proxy] into .cache/)
+    python3 bench/run.py --soak 600       # plus a 10-minute memory soak at 1,000 requests/s
+
+Writes bench/results/<timestamp>.json and prints a Markdown report for docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("LLMESH_CACHE", REPO / ".cache"))
+RELEASE = REPO / "target" / "release"
+LITELLM_VERSION = "1.100.5"
+PLAIN = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}]}
+STREAM = dict(PLAIN, stream=True)
+
+procs = []
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def start(cmd, cpu=None, env=None, **kw):
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, **kw)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def rss_kib(pid):
+    """Resident memory of a process and its children, KiB."""
+    total = 0
+    for p in [pid] + children(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def children(pid):
+    out = []
+    try:
+        for c in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            out.append(int(c))
+            out += children(int(c))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def cpu_seconds(pid):
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid] + children(pid):
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / ticks
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def load(url, mode, body, duration, warmup, label, stream=False, **params):
+    cmd = [str(RELEASE / "llmesh-bench"), mode, "--url", url, "--body", json.dumps(body),
+           "--duration", str(duration), "--warmup", str(warmup), "--label", label]
+    if stream:
+        cmd.append("--stream")
+    for k, v in params.items():
+        cmd += [f"--{k}", str(v)]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "1"] + cmd
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def start_fake():
+    p = start([str(RELEASE / "llmesh-fake-provider"), "--listen", "127.0.0.1:0"], cpu=1,
+              stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline().strip()
+    port = int(line.rsplit(":", 1)[1])
+    wait_port(port)
+    return port
+
+
+def start_llmesh(upstream, workdir):
+    port = free_port()
+    cfg = workdir / "llmesh.yaml"
+    cfg.write_text(f"""apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench}}
+spec:
+  backends:
+    - name: fake
+      provider: openaiCompatible
+      model: gpt-4o-mini-2024-07-18
+      baseUrl: {upstream}
+""")
+    p = start([str(RELEASE / "llmesh-sidecar"), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
+              cpu=0, env={"TOKIO_WORKER_THREADS": "1"}, stdout=subprocess.DEVNULL if ARGS.no_access_log else open(workdir / "access.log", "w"),
+              stderr=open(workdir / "llmesh.err", "w"))
+    wait_port(port)
+    return port, p
+
+
+def start_nginx(fake_port, workdir):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        log("nginx not found: install Debian's nginx-light (apt-get install -y nginx-light) for the nginx baseline")
+        return None, None
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/nginx-body;
+  proxy_temp_path {workdir}/nginx-proxy;
+  upstream fake {{ server 127.0.0.1:{fake_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://fake/s/fast/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    p = start([nginx, "-c", str(conf), "-p", str(workdir)], cpu=0)
+    wait_port(port)
+    return port, p
+
+
+def start_litellm(fake_port, workdir):
+    venv = CACHE / f"litellm-{LITELLM_VERSION}"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        log(f"installing litellm[proxy]=={LITELLM_VERSION} into {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    port = free_port()
+    cfg = workdir / "litellm.yaml"
+    cfg.write_text(f"""model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{fake_port}/s/fast/v1
+      api_key: sk-fake
+litellm_settings:
+  telemetry: false
+""")
+    p = start([str(venv / "bin" / "litellm"), "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
+              cpu=0, env={"LITELLM_LOG": "ERROR"}, stdout=open(workdir / "litellm.log", "w"), stderr=subprocess.STDOUT)
+    wait_port(port, timeout=180)
+    return port, p
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--litellm", action="store_true")
+    ap.add_argument("--soak", type=int, default=0, help="seconds of soak at 1,000 requests/s")
+    ap.add_argument("--no-access-log", action="store_true")
+    ARGS = ap.parse_args()
+    dur, warm = (3, 1) if ARGS.quick else (10, 2)
+
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "llmesh-sidecar", "-p", "llmesh-fakes", "-p", "llmesh-bench"],
+                   cwd=REPO, check=True)
+    workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-"))
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release()}, "runs": []}
+    try:
+        fake = start_fake()
+        direct = f"http://127.0.0.1:{fake}/s/fast/v1/chat/completions"
+        llmesh_port, llmesh = start_llmesh(f"http://127.0.0.1:{fake}/s/fast/v1", workdir)
+        targets = {"direct": (direct, None), "llmesh": (f"http://127.0.0.1:{llmesh_port}/v1/chat/completions", llmesh)}
+        nginx_port, nginx = start_nginx(fake, workdir)
+        if nginx_port:
+            targets["nginx"] = (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", nginx)
+        if ARGS.litellm:
+            lp, lproc = start_litellm(fake, workdir)
+            targets["litellm"] = (f"http://127.0.0.1:{lp}/v1/chat/completions", lproc)
+
+        time.sleep(1)
+        results["idle_rss_kib"] = {k: rss_kib(p.pid) for k, (_, p) in targets.items() if p}
+
+        def run(name, mode, body, stream=False, **params):
+            for target, (url, p) in targets.items():
+                if target == "litellm" and params.get("rate", 0) > 200:
+                    continue  # LiteLLM saturates near 230 requests/s on one worker.
+                cpu0 = cpu_seconds(p.pid) if p else 0
+                r = load(url, mode, body, dur, warm, f"{name}/{target}", stream, **params)
+                r["target"], r["scenario"] = target, name
+                if p:
+                    r["cpu_seconds"] = round(cpu_seconds(p.pid) - cpu0, 3)
+                    r["rss_kib"] = rss_kib(p.pid)
+                results["runs"].append(r)
+                lat = r["latency_us"] or {}
+                log(f"{name:>16} {target:>8}: {r['rps']:>9} req/s  p50 {lat.get('p50')} us  p99 {lat.get('p99')} us  errors {r['errors']}")
+
+        run("c1-plain", "closed", PLAIN, concurrency=1)
+        run("c1-stream", "closed", STREAM, stream=True, concurrency=1)
+        for rate in (100, 1000, 5000):
+            run(f"rate{rate}-plain", "open", PLAIN, rate=rate)
+        run("rate1000-stream", "open", STREAM, stream=True, rate=1000)
+        run("max-c64", "closed", PLAIN, concurrency=64)
+        if ARGS.soak:
+            url, p = targets["llmesh"]
+            before = rss_kib(p.pid)
+            r = load(url, "open", PLAIN, ARGS.soak, 0, "soak/llmesh", rate=1000)
+            during = rss_kib(p.pid)
+            time.sleep(5)
+            results["soak"] = {"seconds": ARGS.soak, "rss_before_kib": before, "rss_end_kib": during,
+                               "rss_after_idle_kib": rss_kib(p.pid), "run": r}
+    finally:
+        stop_all()
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / time.strftime("%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(results, indent=1))
+    log(f"results in {path}")
+    print(report(results))
+
+
+def report(res):
+    runs = {(r["scenario"], r["target"]): r for r in res["runs"]}
+    targets = [t for t in ("nginx", "llmesh", "litellm") if any(k[1] == t for k in runs)]
+    lines = ["| scenario | metric | direct | " + " | ".join(f"{t} (added)" for t in targets) + " |",
+             "|---|---|---|" + "---|" * len(targets)]
+
+    def row(scn, label, get):
+        base = runs.get((scn, "direct"))
+        if not base or get(base) is None:
+            return
+        cells = []
+        for t in targets:
+            r = runs.get((scn, t))
+            v = get(r) if r else None
+            cells.append("-" if v is None else f"{v} (+{v - get(base)})")
+        lines.append(f"| {scn} | {label} | {get(base)} | " + " | ".join(cells) + " |")
+
+    for scn in ("c1-plain", "rate100-plain", "rate1000-plain", "rate5000-plain"):
+        row(scn, "p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
+        row(scn, "p99 us", lambda r: (r["latency_us"] or {}).get("p99"))
+        row(scn, "p99.9 us", lambda r: (r["latency_us"] or {}).get("p999"))
+    for scn in ("c1-stream", "rate1000-stream"):
+        row(scn, "ttfb p50 us", lambda r: (r["ttfb_us"] or {}).get("p50"))
+        row(scn, "ttfb p99 us", lambda r: (r["ttfb_us"] or {}).get("p99"))
+        row(scn, "whole stream p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
+        row(scn, "chunk gap p99 us", lambda r: (r["chunk_gap_us"] or {}).get("p99"))
+    row("max-c64", "requests/s", lambda r: r["rps"])
+    lines.append("")
+    lines.append("| target | idle RSS MiB | RSS at 1,000 req/s MiB | CPU s per 1,000 requests (1,000 req/s) |")
+    lines.append("|---|---|---|---|")
+    for t in targets:
+        r = runs.get(("rate1000-plain", t)) or runs.get(("rate100-plain", t))
+        idle = res["idle_rss_kib"].get(t)
+        cpu = r and r.get("cpu_seconds") is not None and r["requests"] and round(r["cpu_seconds"] / r["requests"] * 1000, 3)
+        lines.append(f"| {t} | {idle and round(idle / 1024, 1)} | {r and round(r.get('rss_kib', 0) / 1024, 1)} | {cpu} |")
+    if "soak" in res:
+        s = res["soak"]
+        lines.append("")
+        lines.append(f"Soak: {s['seconds']} s at 1,000 requests/s: RSS {s['rss_before_kib'] / 1024:.1f} MiB before, "
+                     f"{s['rss_end_kib'] / 1024:.1f} MiB at the end, {s['rss_after_idle_kib'] / 1024:.1f} MiB 5 s after load stopped.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()

@@ -30,10 +30,18 @@ struct Args {
     #[command(subcommand)]
     mode: Mode,
     /// URL to POST to.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:4000/v1/chat/completions")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:4000/v1/chat/completions"
+    )]
     url: String,
     /// JSON request body.
-    #[arg(long, global = true, default_value = r#"{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}"#)]
+    #[arg(
+        long,
+        global = true,
+        default_value = r#"{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}"#
+    )]
     body: String,
     /// How long to measure.
     #[arg(long, global = true, default_value = "10", value_parser = secs)]
@@ -94,7 +102,14 @@ impl Stats {
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// One request; records into `stats` when `record` is set. `due` is when it should have started.
-async fn one(client: &HttpClient, args: &Args, body: &Bytes, due: Instant, record: bool, stats: &RefCell<Stats>) {
+async fn one(
+    client: &HttpClient,
+    args: &Args,
+    body: &Bytes,
+    due: Instant,
+    record: bool,
+    stats: &RefCell<Stats>,
+) {
     let req = http::Request::post(&args.url)
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))
@@ -137,10 +152,14 @@ async fn one(client: &HttpClient, args: &Args, body: &Bytes, due: Instant, recor
         return;
     }
     let end = Instant::now();
-    let _ = s.latency.record(end.duration_since(due).as_micros().max(1) as u64);
+    let _ = s
+        .latency
+        .record(end.duration_since(due).as_micros().max(1) as u64);
     if args.stream {
         if let Some(f) = first {
-            let _ = s.ttfb.record(f.duration_since(due).as_micros().max(1) as u64);
+            let _ = s
+                .ttfb
+                .record(f.duration_since(due).as_micros().max(1) as u64);
         }
         s.chunks += gaps.len() as u64 + 1;
         for g in gaps {
@@ -165,7 +184,10 @@ fn pct(h: &Histogram<u64>) -> serde_json::Value {
 
 fn main() {
     let args = Rc::new(Args::parse());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let local = tokio::task::LocalSet::new();
     let out = local.block_on(&rt, run(args.clone()));
     println!("{out}");
@@ -186,7 +208,8 @@ async fn run(args: Rc<Args>) -> serde_json::Value {
         Mode::Closed { concurrency } => {
             let mut workers = Vec::new();
             for _ in 0..*concurrency {
-                let (client, args, body, stats) = (client.clone(), args.clone(), body.clone(), stats.clone());
+                let (client, args, body, stats) =
+                    (client.clone(), args.clone(), body.clone(), stats.clone());
                 workers.push(tokio::task::spawn_local(async move {
                     loop {
                         let due = Instant::now();
@@ -208,7 +231,8 @@ async fn run(args: Rc<Args>) -> serde_json::Value {
             let mut tasks = Vec::new();
             while due < end {
                 tokio::time::sleep_until(due).await;
-                let (client, args, body, stats) = (client.clone(), args.clone(), body.clone(), stats.clone());
+                let (client, args, body, stats) =
+                    (client.clone(), args.clone(), body.clone(), stats.clone());
                 let record = due >= measure_from;
                 tasks.push(tokio::task::spawn_local(async move {
                     one(&client, &args, &body, due, record, &stats).await;

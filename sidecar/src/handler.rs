@@ -101,6 +101,7 @@ where
         (&Method::POST, "/completions") => generate(app, req, Endpoint::Completion).await,
         (&Method::POST, "/embeddings") => generate(app, req, Endpoint::Embedding).await,
         (&Method::POST, "/messages") => generate(app, req, Endpoint::Messages).await,
+        (&Method::POST, "/messages/count_tokens") => count_tokens(&app, req).await,
         (&Method::POST, "/responses") => generate(app, req, Endpoint::Responses).await,
         (&Method::GET, "/models") => match app.runtime() {
             Some(rt) => full(StatusCode::OK, "application/json", rt.models_body.clone()),
@@ -206,6 +207,37 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
+}
+
+/// Anthropic's `POST /v1/messages/count_tokens`: an estimate, no upstream call.
+async fn count_tokens<B>(app: &App, req: Request<B>) -> Response<ResBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let format = ErrorFormat::Anthropic;
+    let Some(rt) = app.runtime() else {
+        return error_response(&ApiError::not_ready("llmesh: no config loaded yet"), format);
+    };
+    let limit = rt.max_request_bytes;
+    let Ok(raw) = Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    else {
+        return error_response(
+            &ApiError::too_large(format!(
+                "llmesh: the request body could not be read within {limit} bytes (limits.maxRequestBytes)"
+            )),
+            format,
+        );
+    };
+    match ingress::messages::count_tokens(&raw.to_bytes()) {
+        Ok((model, _)) if rt.resolve(&model).is_none() => {
+            error_response(&unknown_model(&rt, &model), format)
+        }
+        Ok((_, body)) => full(StatusCode::OK, "application/json", body),
+        Err(e) => error_response(&e, format),
+    }
 }
 
 /// Reads the body (up to the largest size any route accepts), then answers.

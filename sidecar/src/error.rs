@@ -237,7 +237,8 @@ impl ApiError {
 /// Anthropic's error `type` for a status.
 pub fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 405 | 413 | 422 => "invalid_request_error",
+        413 => "request_too_large",
+        400 | 405 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

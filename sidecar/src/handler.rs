@@ -93,8 +93,14 @@ where
         }
         _ => {}
     }
+    // Anthropic clients get Anthropic-shaped errors, also for refusals before dispatch.
+    let format = if p.starts_with("/messages") {
+        ErrorFormat::Anthropic
+    } else {
+        ErrorFormat::OpenAi
+    };
     if let Err(e) = check_local_key(&app, req.headers()) {
-        return error_response(&e, ErrorFormat::OpenAi);
+        return error_response(&e, format);
     }
     match (&method, p) {
         (&Method::POST, "/chat/completions") => generate(app, req, Endpoint::Chat).await,
@@ -114,7 +120,7 @@ where
         (_, "/chat/completions" | "/completions" | "/embeddings" | "/messages" | "/responses") => {
             let mut r = error_response(
                 &ApiError::method_not_allowed(format!("llmesh: {p} takes POST")),
-                ErrorFormat::OpenAi,
+                format,
             );
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
@@ -318,6 +324,10 @@ fn answer(
             }
         };
         if let Ok(v) = HeaderValue::from_str(&rid) {
+            if endpoint == Endpoint::Messages {
+                // Anthropic's SDKs read the request id from `request-id`.
+                resp.headers_mut().insert("request-id", v.clone());
+            }
             resp.headers_mut().insert("x-request-id", v);
         }
         resp

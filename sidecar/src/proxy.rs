@@ -210,8 +210,11 @@ pub async fn run(
                         }
                         ErrorClass::ContentPolicy | ErrorClass::Unsupported => {}
                     }
-                    let retry =
-                        e.class == ErrorClass::Retryable && try_n + 1 < route.spec.retry.attempts;
+                    // A failure that opened the circuit (or failed its probe) ends the retries:
+                    // the backend is out, so the next fallback gets the request.
+                    let retry = e.class == ErrorClass::Retryable
+                        && try_n + 1 < route.spec.retry.attempts
+                        && b.breaker.is_available(now);
                     let wait = retry
                         .then(|| backoff(&route.spec.retry, try_n, e.retry_after))
                         .flatten();

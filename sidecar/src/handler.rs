@@ -587,6 +587,15 @@ async fn run(
     match proxy::run(route, &plan, call, &mut ticket).await {
         Err(e) => fail!(e),
         Ok(Outcome::Full { body, usage }) => {
+            // A provider that reports no usage is still charged, at an estimate marked as such.
+            let usage = usage.or_else(|| {
+                Some(crate::providers::Usage {
+                    prompt: u64::from(prompt.tokens),
+                    output: u64::from(tokens::answer_output(&body)),
+                    estimated: true,
+                    ..Default::default()
+                })
+            });
             if let (Some(c), "miss", Some(b)) = (cache, ticket.cache, ticket.backend) {
                 c.put(
                     raw,

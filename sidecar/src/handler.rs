@@ -534,7 +534,10 @@ async fn run(
                 reject("budget");
                 fail!(ApiError::budget_exceeded(Some(retry_after), message))
             }
-            (Admission::Downgrade(backend), _) => {
+            (Admission::Downgrade(backend), reservation) => {
+                if let Some(r) = reservation {
+                    ticket.reservations.push((budget.clone(), r));
+                }
                 match route.backends.iter().position(|b| b.spec.name == backend) {
                     Some(i) => {
                         plan = choose::Plan {

@@ -227,10 +227,17 @@ impl BudgetState {
                     },
                     None,
                 ),
-                BudgetAction::Downgrade => (
-                    Admission::Downgrade(self.spec.downgrade_backend.clone().unwrap_or_default()),
-                    None,
-                ),
+                BudgetAction::Downgrade => {
+                    // Downgraded requests still spend: reserve so that they are settled and
+                    // counted like any other.
+                    let (_, r) = self.reserve(&mut l, user, input_tokens, max_tokens, prices, None);
+                    (
+                        Admission::Downgrade(
+                            self.spec.downgrade_backend.clone().unwrap_or_default(),
+                        ),
+                        r,
+                    )
+                }
                 BudgetAction::Alert => {
                     self.reserve(&mut l, user, input_tokens, max_tokens, prices, None)
                 }

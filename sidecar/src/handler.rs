@@ -308,8 +308,9 @@ fn answer(
                 ticket.finish(status.as_u16(), usage, "", false);
                 r
             }
-            Ok(Done::Stream(relay)) => {
+            Ok(Done::Stream(relay, headers)) => {
                 let mut r = Response::new(relay.boxed_unsync());
+                r.headers_mut().extend(headers);
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 r.headers_mut()
@@ -342,7 +343,8 @@ enum Done {
         status: StatusCode,
         ticket: Ticket,
     },
-    Stream(Relay),
+    /// The relay and the `x-llmesh-*` headers, taken before the ticket moved into the relay.
+    Stream(Relay, HeaderMap),
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -604,7 +606,10 @@ async fn run(
                 reject("budget");
                 fail!(ApiError::budget_exceeded(Some(retry_after), message))
             }
-            (Admission::Downgrade(backend), _) => {
+            (Admission::Downgrade(backend), reservation) => {
+                if let Some(r) = reservation {
+                    ticket.reservations.push((budget.clone(), r));
+                }
                 match route.backends.iter().position(|b| b.spec.name == backend) {
                     Some(i) => {
                         plan = choose::Plan {
@@ -666,6 +671,15 @@ async fn run(
     match proxy::run(route, &plan, call, &mut ticket).await {
         Err(e) => fail!(e),
         Ok(Outcome::Full { body, usage }) => {
+            // A provider that reports no usage is still charged, at an estimate marked as such.
+            let usage = usage.or_else(|| {
+                Some(crate::providers::Usage {
+                    prompt: u64::from(prompt.tokens),
+                    output: u64::from(tokens::answer_output(&body)),
+                    estimated: true,
+                    ..Default::default()
+                })
+            });
             if let (Some(c), "miss", Some(b)) = (cache, ticket.cache, ticket.backend) {
                 c.put(
                     plan.order[0],
@@ -697,7 +711,13 @@ async fn run(
                 Some(t) => t.encoder(),
                 None => Box::new(OpenAiSse),
             };
-            Ok(Done::Stream(Relay::new(start, encoder, idle, ticket)))
+            // The backend is settled before the first byte: streams get the same headers.
+            let mut headers = HeaderMap::new();
+            llmesh_headers(&ticket, &mut headers, None);
+            Ok(Done::Stream(
+                Relay::new(start, encoder, idle, ticket),
+                headers,
+            ))
         }
     }
 }

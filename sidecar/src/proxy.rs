@@ -96,6 +96,22 @@ pub async fn run(
         if now >= deadline {
             break;
         }
+        // Moving on from the previous backend, whether this one is then tried or skipped, so a
+        // failure followed by skips still names the backend that failed.
+        if let Some((from, reason)) = previous.take() {
+            metrics
+                .fallbacks
+                .with_label_values(&[
+                    route_name,
+                    &route.backends[from].spec.name,
+                    &b.spec.name,
+                    reason,
+                ])
+                .inc();
+            ticket
+                .fallbacks
+                .push(route.backends[from].spec.name.clone());
+        }
         let skip = if !b.provider.supports(call.op) {
             Some(UpstreamError::unsupported(format!(
                 "does not support {}",
@@ -151,20 +167,6 @@ pub async fn run(
             },
             None => None,
         };
-        if let Some((from, reason)) = previous {
-            metrics
-                .fallbacks
-                .with_label_values(&[
-                    route_name,
-                    &route.backends[from].spec.name,
-                    &b.spec.name,
-                    reason,
-                ])
-                .inc();
-            ticket
-                .fallbacks
-                .push(route.backends[from].spec.name.clone());
-        }
         ticket.backend = Some(idx);
         call.body
             .insert("model".into(), Value::String(b.spec.model.clone()));
@@ -208,8 +210,11 @@ pub async fn run(
                         }
                         ErrorClass::ContentPolicy | ErrorClass::Unsupported => {}
                     }
-                    let retry =
-                        e.class == ErrorClass::Retryable && try_n + 1 < route.spec.retry.attempts;
+                    // A failure that opened the circuit (or failed its probe) ends the retries:
+                    // the backend is out, so the next fallback gets the request.
+                    let retry = e.class == ErrorClass::Retryable
+                        && try_n + 1 < route.spec.retry.attempts
+                        && b.breaker.is_available(now);
                     let wait = retry
                         .then(|| backoff(&route.spec.retry, try_n, e.retry_after))
                         .flatten();

@@ -146,6 +146,50 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
     }
 }
 
+/// Estimated completion tokens of an OpenAI-shaped answer (chat or text completion): its
+/// choices' text, refusals and tool-call arguments.
+pub fn answer_output(body: &[u8]) -> u32 {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let mut sink = String::new();
+    let mut tokens = 0;
+    for c in v
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(t) = c.get("text") {
+            tokens += content_tokens(t, &mut sink);
+        }
+        let Some(m) = c.get("message") else { continue };
+        for field in ["content", "refusal"] {
+            if let Some(t) = m.get(field) {
+                tokens += content_tokens(t, &mut sink);
+            }
+        }
+        for call in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(f) = call.get("function") {
+                tokens += f
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or(0, estimate_text);
+                tokens += f
+                    .get("arguments")
+                    .and_then(Value::as_str)
+                    .map_or(0, estimate_text);
+            }
+        }
+    }
+    tokens
+}
+
 fn content_tokens(content: &Value, text: &mut String) -> u32 {
     match content {
         Value::String(s) => {
@@ -205,6 +249,16 @@ mod tests {
         let f = chat_prompt(body.as_object().unwrap());
         assert_eq!(f.tokens, 3 + 4 + 3 + 4 + 4 + IMAGE_TOKENS);
         assert_eq!(f.complexity, Complexity::Simple);
+    }
+
+    #[test]
+    fn answers_count_text_and_tool_arguments() {
+        let chat = json!({"choices": [{"message": {"role": "assistant", "content": "Hello, world!",
+            "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}]});
+        assert_eq!(answer_output(chat.to_string().as_bytes()), 4 + 1 + 7);
+        let text = json!({"choices": [{"text": "Hello, world!"}]});
+        assert_eq!(answer_output(text.to_string().as_bytes()), 4);
+        assert_eq!(answer_output(b"not json"), 0);
     }
 
     #[test]

@@ -140,10 +140,11 @@ fn token_caps_and_downgrade_and_alert_actions() {
         }
     );
     b.settle(r.unwrap(), 0, 100, T0);
-    assert_eq!(
-        b.admit(None, 1, None, &PRICES, T0).0,
-        Admission::Downgrade("cheap".into())
-    );
+    let (a, r) = b.admit(None, 1, None, &PRICES, T0);
+    assert_eq!(a, Admission::Downgrade("cheap".into()));
+    // What the downgraded request spends still counts.
+    b.settle(r.expect("a downgraded request is reserved"), 7, 3, T0);
+    assert_eq!(b.spent(T0), (7, 103, b.spent(T0).2));
 
     let b = budget(Some(1_000), None, BudgetPeriod::Month, BudgetAction::Alert);
     let (_, r) = b.admit(None, 10, None, &PRICES, T0);

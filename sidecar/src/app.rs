@@ -42,6 +42,7 @@ pub struct AppBuilder {
     clock: Arc<dyn Clock>,
     access_log: bool,
     local_keys: Vec<String>,
+    responses: crate::ingress::responses::Store,
 }
 
 impl AppBuilder {
@@ -69,6 +70,13 @@ impl AppBuilder {
         self
     }
 
+    /// Keeps at most `entries` Responses API responses, each for at most `ttl`, for
+    /// `previous_response_id` (default 1000 for 1h; 0 keeps none).
+    pub fn responses_store(mut self, entries: usize, ttl: std::time::Duration) -> Self {
+        self.responses = crate::ingress::responses::Store::new(entries, ttl);
+        self
+    }
+
     /// The app, with no config yet (not ready).
     pub fn build(self) -> Arc<App> {
         let metrics = Metrics::new();
@@ -87,7 +95,7 @@ impl AppBuilder {
             clock: self.clock,
             stale: AtomicBool::new(false),
             local_keys: self.local_keys,
-            responses: crate::ingress::responses::Store::default(),
+            responses: self.responses,
         })
     }
 }
@@ -112,6 +120,7 @@ impl App {
             clock: Arc::new(SystemClock),
             access_log: false,
             local_keys: Vec::new(),
+            responses: crate::ingress::responses::Store::default(),
         }
     }
 

@@ -117,6 +117,18 @@ where
             ),
         },
         (&Method::GET, m) if m.starts_with("/models/") => model_info(&app, &m["/models/".len()..]),
+        (&Method::GET | &Method::DELETE, r) if r.starts_with("/responses/") => {
+            let id = &r["/responses/".len()..];
+            let answer = if method == Method::GET {
+                ingress::responses::retrieve(&app.responses, id)
+            } else {
+                ingress::responses::delete(&app.responses, id)
+            };
+            match answer {
+                Ok(body) => full(StatusCode::OK, "application/json", body),
+                Err(e) => error_response(&e, ErrorFormat::OpenAi),
+            }
+        }
         (_, "/chat/completions" | "/completions" | "/embeddings" | "/messages" | "/responses") => {
             let mut r = error_response(
                 &ApiError::method_not_allowed(format!("llmesh: {p} takes POST")),

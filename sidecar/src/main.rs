@@ -56,6 +56,15 @@ struct Args {
     #[arg(long, env = "LLMESH_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
 
+    /// How many Responses API responses to keep in memory for `previous_response_id` and
+    /// `GET /v1/responses/{id}` (least recently used go first; 0 keeps none).
+    #[arg(long, env = "LLMESH_RESPONSES_STORE_ENTRIES", default_value_t = 1000)]
+    responses_store_entries: usize,
+
+    /// How long to keep each stored Responses API response.
+    #[arg(long, env = "LLMESH_RESPONSES_STORE_TTL", default_value = "1h", value_parser = duration)]
+    responses_store_ttl: Duration,
+
     /// Check the config, print warnings, and exit.
     #[arg(long)]
     check: bool,
@@ -160,6 +169,7 @@ fn main() -> ExitCode {
         let app = App::builder()
             .access_log(args.access_log == "on")
             .local_keys(keys)
+            .responses_store(args.responses_store_entries, args.responses_store_ttl)
             .build();
         app.apply(&snapshot);
         app.metrics.reloads.with_label_values(&["ok"]).inc();

@@ -16,6 +16,8 @@ use llmesh_api::snapshot::Backend;
 
 use crate::sse::SseEvent;
 
+pub mod anthropic;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 
@@ -202,7 +204,8 @@ pub trait Provider: Send + Sync {
 /// The adapter for a provider kind.
 pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
     match kind {
-        ProviderKind::Anthropic | ProviderKind::Gemini => &openai::UNSUPPORTED,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Gemini => &gemini::Gemini,
         _ => &openai::OpenAiFamily,
     }
 }

@@ -1,0 +1,267 @@
+//! Anthropic's Messages API (`POST {baseUrl}/messages`, `x-api-key`,
+//! `anthropic-version: 2023-06-01`).
+//!
+//! The internal request is an OpenAI chat-completions body; [`request`] turns it into a Messages
+//! request, [`response`] turns Messages answers (JSON and the named-event SSE stream) back into
+//! OpenAI `chat.completion` bodies and `chat.completion.chunk`s as they arrive. What has no
+//! Anthropic equivalent either falls to the next backend ([`ErrorClass::Unsupported`]) when
+//! dropping it would change the answer's shape (`n > 1`, `logprobs`, audio, legacy `functions`),
+//! or is dropped when it only tunes sampling (`seed`, penalties, `logit_bias`). docs/providers.md
+//! lists each field.
+
+#[cfg(test)]
+mod e2e;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use llmesh_api::snapshot::Backend;
+
+use super::{Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, redact, retry_after};
+
+/// The Messages API version this adapter speaks.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// `max_tokens` is required by Anthropic; used when neither the client nor the route set one.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// The tool forced to carry `response_format` JSON output (Anthropic has no JSON mode). Its
+/// `tool_use` comes back as message content, never as a tool call.
+pub const JSON_TOOL: &str = "llmesh_json_response";
+
+/// The Anthropic Messages adapter.
+pub struct Anthropic;
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Provider for Anthropic {
+    fn supports(&self, op: Op) -> bool {
+        op == Op::Chat
+    }
+
+    fn request(
+        &self,
+        backend: &Backend,
+        op: Op,
+        body: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        if op != Op::Chat {
+            return Err(UpstreamError::unsupported(format!(
+                "Anthropic does not serve {}",
+                op.as_str()
+            )));
+        }
+        let translated = request::translate(body, stream)?;
+        let bytes = serde_json::to_vec(&translated).map_err(|e| {
+            UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
+        })?;
+        let own = |name: &str| {
+            !backend
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        };
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/messages", backend.base_url))
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        // A backend may pin another API version (or add `anthropic-beta`) through `headers`.
+        if own("anthropic-version") {
+            req = req.header("anthropic-version", API_VERSION);
+        }
+        if let Some(key) = &backend.api_key {
+            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| UpstreamError {
+                class: ErrorClass::Auth,
+                status: None,
+                message: format!(
+                    "the API key of backend `{}` contains characters not allowed in a header",
+                    backend.name
+                ),
+                retry_after: None,
+                reason: "auth",
+                openai_body: None,
+            })?;
+            value.set_sensitive(true);
+            req = req.header("x-api-key", value);
+        }
+        for (k, v) in &backend.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
+            UpstreamError::unsupported(format!(
+                "invalid upstream request for backend `{}`: {e}",
+                backend.name
+            ))
+        })
+    }
+
+    fn error(
+        &self,
+        backend: &Backend,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> UpstreamError {
+        classify(
+            backend.api_key.as_ref().map(|k| k.expose()),
+            status,
+            headers,
+            body,
+        )
+    }
+
+    fn decode(&self, backend: &Backend, _op: Op, body: Bytes) -> Result<Decoded, UpstreamError> {
+        response::decode(
+            &body,
+            now_unix(),
+            backend.api_key.as_ref().map(|k| k.expose()),
+        )
+    }
+
+    fn stream(
+        &self,
+        backend: &Backend,
+        _op: Op,
+        client_wants_usage: bool,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(response::MessageStream::new(
+            &backend.model,
+            client_wants_usage,
+            now_unix(),
+            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+        ))
+    }
+}
+
+/// Anthropic's error body: `{"type": "error", "error": {"type", "message"}, "request_id"}`.
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: Option<ErrorObject>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorObject {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    details: Option<ErrorDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorDetails {
+    #[serde(default)]
+    error_code: Option<String>,
+}
+
+/// Whether a message says the prompt does not fit the model's context window.
+fn is_context_overflow(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("prompt is too long")
+        || m.contains("exceed context limit")
+        || m.contains("context window")
+}
+
+/// Classifies an Anthropic error answer (see the "Errors" page of the API docs).
+pub fn classify(
+    key: Option<&str>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> UpstreamError {
+    let err = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .and_then(|e| e.error);
+    let (kind, message) = match &err {
+        Some(e) => (e.kind.as_str(), e.message.clone()),
+        None => (
+            "",
+            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        ),
+    };
+    let spend_cap = err
+        .as_ref()
+        .and_then(|e| e.details.as_ref())
+        .and_then(|d| d.error_code.as_deref())
+        == Some("enforced_spend_limit_reached");
+    let (class, reason) = match status.as_u16() {
+        // The monthly spend cap does not lift by waiting seconds: take the backend out.
+        429 if spend_cap => (ErrorClass::Auth, "spend_limit"),
+        429 => (ErrorClass::Retryable, "status_429"),
+        529 => (ErrorClass::Retryable, "overloaded"),
+        408 | 500..=599 => (ErrorClass::Retryable, "status_5xx"),
+        // 402 billing_error: the account cannot pay; like a bad key, another backend may work.
+        401..=403 => (ErrorClass::Auth, "auth"),
+        404 => (ErrorClass::NotFound, "not_found"),
+        // 413 request_too_large: the body is over Anthropic's byte limit; others may take it.
+        413 => (ErrorClass::ContextWindow, "context_window"),
+        400 if is_context_overflow(&message) => (ErrorClass::ContextWindow, "context_window"),
+        _ if kind == "overloaded_error" => (ErrorClass::Retryable, "overloaded"),
+        _ => (ErrorClass::Client, "status_4xx"),
+    };
+    let safe = redact(&message, key);
+    UpstreamError {
+        class,
+        status: Some(status),
+        message: if kind.is_empty() {
+            format!("{} {safe}", status.as_u16())
+        } else {
+            format!("{} {kind}: {safe}", status.as_u16())
+        },
+        retry_after: retry_after(headers),
+        reason,
+        openai_body: None,
+    }
+}
+
+/// Classifies an `error` event inside a stream (sent after a 200, so it has no status).
+fn stream_error(data: &[u8], key: Option<&str>) -> UpstreamError {
+    let err = serde_json::from_slice::<ErrorEnvelope>(data)
+        .ok()
+        .and_then(|e| e.error)
+        .unwrap_or_default();
+    let reason = match err.kind.as_str() {
+        "overloaded_error" => "overloaded",
+        "rate_limit_error" => "status_429",
+        _ => "stream_error",
+    };
+    // Every documented in-stream error (overloaded, api_error) is transient; before the first
+    // chunk the attempt loop retries or falls back, after it the relay reports it in-band.
+    UpstreamError::retryable(
+        reason,
+        format!(
+            "{}: {}",
+            if err.kind.is_empty() {
+                "error"
+            } else {
+                &err.kind
+            },
+            redact(&err.message, key)
+        ),
+    )
+}

@@ -261,8 +261,9 @@ fn answer(
                 ticket.finish(status.as_u16(), usage, "", false);
                 r
             }
-            Ok(Done::Stream(relay)) => {
+            Ok(Done::Stream(relay, headers)) => {
                 let mut r = Response::new(relay.boxed_unsync());
+                r.headers_mut().extend(headers);
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 r.headers_mut()
@@ -291,7 +292,8 @@ enum Done {
         status: StatusCode,
         ticket: Ticket,
     },
-    Stream(Relay),
+    /// The relay and the `x-llmesh-*` headers, taken before the ticket moved into the relay.
+    Stream(Relay, HeaderMap),
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -604,12 +606,12 @@ async fn run(
         }
         Ok(Outcome::Stream(start)) => {
             let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
-            Ok(Done::Stream(Relay::new(
-                start,
-                Box::new(OpenAiSse),
-                idle,
-                ticket,
-            )))
+            let mut headers = HeaderMap::new();
+            llmesh_headers(&ticket, &mut headers, None);
+            Ok(Done::Stream(
+                Relay::new(start, Box::new(OpenAiSse), idle, ticket),
+                headers,
+            ))
         }
     }
 }

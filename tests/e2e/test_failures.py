@@ -33,6 +33,7 @@ def gw(fake, tmp_path_factory):
                           upstream("b", fake.url("429,id=all-b,retry-after=3s"))], retry=NO_RETRY),
         with_backup("hang-stream", "hang-before-first-byte,id=hang-stream", timeouts={"firstToken": "500ms"}),
         with_backup("hang-full", "hang,id=hang-full", timeouts={"firstToken": "500ms"}),
+        with_backup("hang-body", "hang-before-first-byte,id=hang-body", timeouts={"attempt": "700ms"}),
         route("slow", [upstream("slow", fake.url("slow-chunks,id=slow,interval=150ms,words=6"))]),
         with_backup("malformed", "malformed-json,id=malformed"),
         with_backup("wrong-ct", "wrong-content-type,id=wrong-ct"),
@@ -140,6 +141,20 @@ def test_hang_without_an_answer_times_out_then_falls_back(gw, client):
     assert 0.45 <= time.monotonic() - t0 < 3
     assert_fell_back(raw, r)
     assert gw.metric("llmesh_upstream_errors_total", route="hang-full", backend="primary", reason="timeout") == 1
+
+
+def test_headers_then_silence_hits_the_attempt_timeout_then_falls_back(gw, client):
+    t0 = time.monotonic()
+    raw, r = chat(client, "hang-body")
+    assert 0.65 <= time.monotonic() - t0 < 3
+    assert_fell_back(raw, r)
+    assert gw.metric("llmesh_upstream_errors_total", route="hang-body", backend="primary", reason="timeout") == 1
+
+
+def test_answer_cut_in_half_falls_back(gw, client):
+    raw, r = chat(client, "reset")  # not streamed: the JSON body breaks off mid-way
+    assert_fell_back(raw, r)
+    assert gw.metric("llmesh_upstream_errors_total", route="reset", backend="primary", reason="reset") == 1
 
 
 def test_slow_chunks_are_relayed_as_they_arrive(client):

@@ -479,6 +479,14 @@ impl StreamDecoder for OpenAiStream {
                     String::from_utf8_lossy(&data[..data.len().min(80)])
                 ),
             ));
+        } else if self.content_chunks == 0
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err()
+        {
+            // The first chunk commits the stream: a broken one must fail over, not reach the client.
+            return Err(UpstreamError::retryable(
+                "malformed",
+                "malformed JSON in the first event of the stream",
+            ));
         }
         self.content_chunks += 1;
         out.push(Chunk::Data(data));

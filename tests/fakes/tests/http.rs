@@ -1,0 +1,299 @@
+//! The fake over real sockets: scenario prefixes, counters, cut and hanging connections, and the
+//! test hooks, as a client sees them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use llmesh_fakes::{Fake, start};
+
+async fn fake() -> SocketAddr {
+    start(
+        "127.0.0.1:0".parse().unwrap(),
+        Fake::new(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the raw response read until the server
+/// closes, or whatever arrived within `wait`, and whether the read ended in an error.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+    wait: Duration,
+) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: fake\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut broken = false;
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    (String::from_utf8_lossy(&out).into_owned(), broken)
+}
+
+fn status(resp: &str) -> u16 {
+    resp[9..12].parse().unwrap()
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &str =
+    r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const LONG: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn the_prefix_picks_the_behaviour() {
+    let addr = fake().await;
+    let (r, _) = send(addr, "POST", "/v1/chat/completions", "", CHAT, LONG).await;
+    assert_eq!(status(&r), 200);
+    assert!(header(&r, "x-request-id").unwrap().starts_with("req_"));
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/429,retry-after=1500ms/v1/chat/completions",
+        "",
+        CHAT,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 429);
+    assert_eq!(header(&r, "retry-after"), Some("2"));
+    assert_eq!(header(&r, "retry-after-ms"), Some("1500"));
+    for (s, ct) in [
+        ("502", "text/html"),
+        ("503", "application/json"),
+        ("wrong-content-type", "text/html; charset=utf-8"),
+    ] {
+        let (r, _) = send(
+            addr,
+            "POST",
+            &format!("/s/{s}/v1/chat/completions"),
+            "",
+            CHAT,
+            LONG,
+        )
+        .await;
+        assert_eq!(header(&r, "content-type"), Some(ct), "{s}");
+    }
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/teapot/v1/chat/completions",
+        "",
+        CHAT,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 400);
+    assert!(r.contains("unknown fake scenario"));
+    let (r, _) = send(addr, "POST", "/v1/responses", "", CHAT, LONG).await;
+    assert_eq!(status(&r), 404);
+}
+
+#[tokio::test]
+async fn counted_scenarios_fail_first_then_recover_and_reset_forgets() {
+    let addr = fake().await;
+    let path = "/s/fail-first-2-then-ok,with=500/v1/chat/completions";
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(status(&send(addr, "POST", path, "", CHAT, LONG).await.0));
+    }
+    assert_eq!(got, [500, 500, 200]);
+    let (r, _) = send(
+        addr,
+        "GET",
+        "/__requests?scenario=fail-first-2-then-ok%2Cwith%3D500",
+        "",
+        "",
+        LONG,
+    )
+    .await;
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let answers: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["answer"].as_str().unwrap())
+        .collect();
+    assert_eq!(answers, ["500", "500", "ok"]);
+    send(addr, "POST", "/__reset", "", "", LONG).await;
+    assert_eq!(
+        status(&send(addr, "POST", path, "", CHAT, LONG).await.0),
+        500
+    );
+}
+
+#[tokio::test]
+async fn requests_are_recorded_without_credentials() {
+    let addr = fake().await;
+    send(
+        addr,
+        "POST",
+        "/s/ok,id=rec/v1/chat/completions",
+        "authorization: Bearer sk-very-secret\r\nx-trace: t1\r\n",
+        CHAT,
+        LONG,
+    )
+    .await;
+    let (r, _) = send(addr, "GET", "/__requests?scenario=ok,id=rec", "", "", LONG).await;
+    assert!(!r.contains("sk-very-secret"));
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let e = &body["data"][0];
+    assert_eq!(e["headers"]["authorization"], "<present>");
+    assert_eq!(e["headers"]["x-trace"], "t1");
+    assert_eq!(e["body"]["messages"][0]["content"], "hi");
+    assert_eq!(e["op"], "chat");
+}
+
+#[tokio::test]
+async fn reset_mid_stream_breaks_the_connection_after_n_chunks() {
+    let addr = fake().await;
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/reset-mid-stream,after=2/v1/chat/completions",
+        "",
+        STREAM,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(r.matches("data: ").count(), 2);
+    assert!(!r.contains("[DONE]"));
+    // The chunked body never gets its terminating zero-length chunk.
+    assert!(!r.ends_with("0\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn hang_before_first_byte_sends_headers_then_nothing() {
+    let addr = fake().await;
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/hang-before-first-byte/v1/chat/completions",
+        "",
+        STREAM,
+        Duration::from_millis(400),
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(
+        header(&r, "content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert!(!r.contains("data:"));
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/hang/v1/chat/completions",
+        "",
+        CHAT,
+        Duration::from_millis(400),
+    )
+    .await;
+    assert_eq!(r, "");
+}
+
+#[tokio::test]
+async fn slow_chunks_are_spaced() {
+    let addr = fake().await;
+    let t0 = std::time::Instant::now();
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/slow-chunks,interval=30ms,words=4/v1/chat/completions",
+        "",
+        STREAM,
+        LONG,
+    )
+    .await;
+    // role, 4 words, finish, [DONE]: six gaps.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(r.contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn azure_deployments_need_a_key_and_an_api_version() {
+    let addr = fake().await;
+    let p = "/s/ok/openai/deployments/dep/chat/completions";
+    assert_eq!(
+        status(
+            &send(
+                addr,
+                "POST",
+                &format!("{p}?api-version=2024-10-21"),
+                "",
+                CHAT,
+                LONG
+            )
+            .await
+            .0
+        ),
+        401
+    );
+    assert_eq!(
+        status(&send(addr, "POST", p, "api-key: k\r\n", CHAT, LONG).await.0),
+        404
+    );
+    let (r, _) = send(
+        addr,
+        "POST",
+        &format!("{p}?api-version=2024-10-21"),
+        "api-key: k\r\n",
+        CHAT,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    assert!(r.contains("prompt_filter_results"));
+}
+
+#[tokio::test]
+async fn fast_mode_answers_without_recording() {
+    let addr = fake().await;
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/fast/v1/chat/completions",
+        "",
+        STREAM,
+        LONG,
+    )
+    .await;
+    assert!(r.contains("chat.completion.chunk") && r.contains("data: [DONE]"));
+    let (r, _) = send(addr, "GET", "/__requests", "", "", LONG).await;
+    assert!(!r.contains("/s/fast/"));
+}

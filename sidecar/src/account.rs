@@ -8,12 +8,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use llmesh_api::money::format_usd;
-
 use crate::accesslog::Line;
 use crate::app::App;
-use crate::budget::{BudgetState, Reservation, rfc3339};
-use crate::metrics::status_class;
+use crate::budget::{BudgetState, Reservation};
+use crate::metrics::Sink;
 use crate::providers::{Op, Usage};
 use crate::runtime::{InFlight, Runtime};
 
@@ -94,31 +92,25 @@ impl Ticket {
         }
     }
 
-    /// Labels of the answering backend (with the assigned variant), or of the route alone.
-    fn labels(&self) -> [String; 5] {
-        let rt = self.rt.as_ref();
+    /// Where this request's metrics go: the answering backend's cached handles when it answered
+    /// as its own variant, else labels looked up (the assigned variant, or `none`).
+    fn sink<'a>(&'a self, rt: Option<&'a Runtime>) -> Sink<'a> {
+        const NONE: &str = "none";
         match (rt, self.route, self.backend) {
             (Some(rt), Some(r), Some(b)) => {
-                let mut l = rt.routes[r].backends[b].labels.clone();
-                if let Some(v) = &self.variant {
-                    l[4].clone_from(v);
+                let b = &rt.routes[r].backends[b];
+                match &self.variant {
+                    Some(v) if *v != b.labels[4] => {
+                        let l = &b.labels;
+                        Sink::Labels([&l[0], &l[1], &l[2], &l[3], v])
+                    }
+                    _ => Sink::Cached(&b.metrics, &b.labels),
                 }
-                l
             }
-            (Some(rt), Some(r), None) => [
-                rt.routes[r].spec.name.clone(),
-                "none".into(),
-                "none".into(),
-                "none".into(),
-                "none".into(),
-            ],
-            _ => [
-                "none".into(),
-                "none".into(),
-                "none".into(),
-                "none".into(),
-                "none".into(),
-            ],
+            (Some(rt), Some(r), None) => {
+                Sink::Labels([&rt.routes[r].spec.name, NONE, NONE, NONE, NONE])
+            }
+            _ => Sink::Labels([NONE; 5]),
         }
     }
 
@@ -141,124 +133,107 @@ impl Ticket {
             return;
         }
         self.done = true;
-        let m = &self.app.metrics;
-        let labels = self.labels();
-        let l: [&str; 5] = [&labels[0], &labels[1], &labels[2], &labels[3], &labels[4]];
-        let class = status_class(status);
-        let elapsed = self.start.elapsed();
-        m.requests
-            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], class])
-            .inc();
-        m.duration
-            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], class])
-            .observe(elapsed.as_secs_f64());
-        if let Some(t) = self.ttft {
-            m.ttft.with_label_values(&l).observe(t.as_secs_f64());
-        }
-        let usage = usage.filter(|_| self.cache != "hit");
-        let cost = usage.as_ref().map_or(0, |u| self.cost(u));
-        if let Some(u) = &usage {
-            let est = if u.estimated { "true" } else { "false" };
-            for (kind, n) in [
-                ("input", u.prompt),
-                ("output", u.output),
-                ("cached_input", u.cached_input),
-                ("cache_write", u.cache_write),
-            ] {
-                if n > 0 || kind == "input" || kind == "output" {
-                    m.token_usage
-                        .with_label_values(&[l[0], l[1], l[2], l[3], l[4], kind])
-                        .observe(n as f64);
-                    m.tokens
-                        .with_label_values(&[l[0], l[1], l[2], l[3], l[4], kind, est])
-                        .inc_by(n);
-                }
-            }
-            m.cost
-                .with_label_values(&[l[0], l[1], l[2], l[3], l[4], est])
-                .inc_by(cost);
-        }
-        let now = Instant::now();
-        if let (Some(rt), Some(r)) = (&self.rt, self.route)
-            && let Some(tpm) = &rt.routes[r].tpm
-        {
-            let actual = usage.as_ref().map_or(0, Usage::total) as i64;
-            tpm.adjust(actual - self.tpm_reserved as i64, now);
-        }
-        let unix = self.app.clock.unix_now();
-        let tokens = usage.as_ref().map_or(0, Usage::total);
-        for (budget, reservation) in self.reservations.drain(..) {
-            for alert in budget.settle(reservation, cost, tokens, unix) {
-                m.budget_alerts
-                    .with_label_values(&[
-                        &budget.spec.namespace,
-                        &budget.spec.name,
-                        &alert.threshold.to_string(),
-                    ])
-                    .inc();
-                tracing::warn!(
-                    budget = %format!("{}/{}", budget.spec.namespace, budget.spec.name),
-                    threshold = alert.threshold,
-                    "budget crossed {}% of its cap",
-                    alert.threshold
-                );
-            }
-            let (spent, spent_tokens, _) = budget.spent(unix);
-            m.budget_spent
-                .with_label_values(&[&budget.spec.namespace, &budget.spec.name])
-                .set(spent as i64);
-            m.budget_tokens
-                .with_label_values(&[&budget.spec.namespace, &budget.spec.name])
-                .set(spent_tokens as i64);
-        }
+        // Release the backend first: the request no longer occupies it.
         self.in_flight = None;
         self.permit = None;
+        let reservations = std::mem::take(&mut self.reservations);
+        let this = &*self;
+        let app = &this.app;
+        let m = &app.metrics;
+        let rt = this.rt.as_deref();
+        let elapsed = this.start.elapsed();
+        let usage = usage.filter(|_| this.cache != "hit");
+        let cost = usage.as_ref().map_or(0, |u| this.cost(u));
 
+        let sink = this.sink(rt);
+        sink.request(m, status, elapsed.as_secs_f64());
+        if let Some(t) = this.ttft {
+            sink.ttft(m, t.as_secs_f64());
+        }
+        if let Some(u) = &usage {
+            for (kind, n) in [u.prompt, u.output, u.cached_input, u.cache_write]
+                .into_iter()
+                .enumerate()
+            {
+                // Input and output always; cache classes only when they occur.
+                if n > 0 || kind < 2 {
+                    sink.tokens(m, kind, n, u.estimated);
+                }
+            }
+            sink.cost(m, cost, u.estimated);
+        }
+
+        let tokens = usage.as_ref().map_or(0, Usage::total);
+        if let (Some(rt), Some(r)) = (rt, this.route)
+            && let Some(tpm) = &rt.routes[r].tpm
+        {
+            tpm.adjust(tokens as i64 - this.tpm_reserved as i64, Instant::now());
+        }
+        let unix = app.clock.unix_now();
+        for (budget, reservation) in reservations {
+            settle_budget(m, &budget, reservation, cost, tokens, unix);
+        }
+
+        let labels = sink.labels();
+        let pick = |i: usize| if labels[i] == "none" { "" } else { labels[i] };
         let u = usage.unwrap_or_default();
-        self.app.log.write(&Line {
-            ts: rfc3339(unix),
+        let mut cost_buf = [0u8; 24];
+        app.log.write(&Line {
+            ts: unix,
             log: "access",
-            request_id: std::mem::take(&mut self.request_id),
-            op: self.op.as_str(),
-            path: std::mem::take(&mut self.path),
-            model: std::mem::take(&mut self.model),
-            route: if labels[0] == "none" {
-                String::new()
-            } else {
-                labels[0].clone()
-            },
-            backend: if labels[1] == "none" {
-                String::new()
-            } else {
-                labels[1].clone()
-            },
-            provider: if labels[2] == "none" {
-                String::new()
-            } else {
-                labels[2].clone()
-            },
-            variant: if labels[4] == "none" {
-                String::new()
-            } else {
-                labels[4].clone()
-            },
-            rule: self.rule.take().unwrap_or_default(),
+            request_id: &this.request_id,
+            op: this.op.as_str(),
+            path: &this.path,
+            model: &this.model,
+            route: pick(0),
+            backend: pick(1),
+            provider: pick(2),
+            variant: pick(4),
+            rule: this.rule.as_deref().unwrap_or(""),
             status,
-            attempts: self.attempts,
-            fallbacks: std::mem::take(&mut self.fallbacks),
-            stream: self.stream,
-            cache: self.cache,
+            attempts: this.attempts,
+            fallbacks: &this.fallbacks,
+            stream: this.stream,
+            cache: this.cache,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
-            ttft_ms: self.ttft.map(|t| t.as_secs_f64() * 1000.0),
+            ttft_ms: this.ttft.map(|t| t.as_secs_f64() * 1000.0),
             input_tokens: u.prompt,
             cached_input_tokens: u.cached_input,
             output_tokens: u.output,
             tokens_estimated: u.estimated,
-            cost_usd: format_usd(cost),
-            error: error.to_string(),
+            cost_usd: crate::accesslog::usd(cost, &mut cost_buf),
+            error,
             cancelled,
         });
     }
+}
+
+/// Settles one budget reservation with the real cost, raising alerts for thresholds crossed.
+fn settle_budget(
+    m: &crate::metrics::Metrics,
+    budget: &BudgetState,
+    r: Reservation,
+    cost: u64,
+    tokens: u64,
+    unix: u64,
+) {
+    let l = [budget.spec.namespace.as_str(), budget.spec.name.as_str()];
+    for alert in budget.settle(r, cost, tokens, unix) {
+        m.budget_alerts
+            .with_label_values(&[l[0], l[1], &alert.threshold.to_string()])
+            .inc();
+        tracing::warn!(
+            budget = %format!("{}/{}", l[0], l[1]),
+            threshold = alert.threshold,
+            "budget crossed {}% of its cap",
+            alert.threshold
+        );
+    }
+    let (spent, spent_tokens, _) = budget.spent(unix);
+    m.budget_spent.with_label_values(&l).set(spent as i64);
+    m.budget_tokens
+        .with_label_values(&l)
+        .set(spent_tokens as i64);
 }
 
 impl Drop for Ticket {

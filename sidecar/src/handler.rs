@@ -365,23 +365,36 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// The `x-llmesh-*` headers for what served the request.
+const X_ROUTE: HeaderName = HeaderName::from_static("x-llmesh-route");
+const X_BACKEND: HeaderName = HeaderName::from_static("x-llmesh-backend");
+const X_VARIANT: HeaderName = HeaderName::from_static("x-llmesh-variant");
+const X_PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
+const X_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
+const X_CACHE: HeaderName = HeaderName::from_static("x-llmesh-cache");
+const X_COST: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
+
+/// The `x-llmesh-*` headers for what served the request (values built once per backend).
 fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
     let Some(rt) = &t.rt else { return };
     let Some(r) = t.route else { return };
     let route = &rt.routes[r];
-    set(h, "x-llmesh-route", &route.spec.name);
-    if let Some(b) = t.backend {
-        let b = &route.backends[b].spec;
-        set(h, "x-llmesh-backend", &b.name);
-        set(
-            h,
-            "x-llmesh-variant",
-            t.variant.as_deref().unwrap_or(&b.variant),
-        );
-        set(h, "x-llmesh-provider", b.provider.as_str());
+    match t.backend {
+        Some(b) => {
+            let b = &route.backends[b];
+            let [backend, variant, provider, route_name] = &b.header_values;
+            h.insert(X_ROUTE, route_name.clone());
+            h.insert(X_BACKEND, backend.clone());
+            match t.variant.as_deref() {
+                Some(v) if v != b.spec.variant => set(h, "x-llmesh-variant", v),
+                _ => {
+                    h.insert(X_VARIANT, variant.clone());
+                }
+            }
+            h.insert(X_PROVIDER, provider.clone());
+        }
+        None => set(h, "x-llmesh-route", &route.spec.name),
     }
-    set(h, "x-llmesh-attempts", &t.attempts.to_string());
+    h.insert(X_ATTEMPTS, HeaderValue::from(t.attempts));
     if !t.fallbacks.is_empty() {
         set(h, "x-llmesh-fallback-from", &t.fallbacks.join(","));
     }
@@ -389,10 +402,13 @@ fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
         set(h, "x-llmesh-rule", rule);
     }
     if t.cache != "off" {
-        set(h, "x-llmesh-cache", t.cache);
+        h.insert(X_CACHE, HeaderValue::from_static(t.cache));
     }
     if let Some(c) = cost {
-        set(h, "x-llmesh-cost-usd", &llmesh_api::money::format_usd(c));
+        let mut buf = [0u8; 24];
+        if let Ok(v) = HeaderValue::from_str(crate::accesslog::usd(c, &mut buf)) {
+            h.insert(X_COST, v);
+        }
     }
 }
 

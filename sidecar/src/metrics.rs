@@ -295,3 +295,142 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// Index of a status class in per-class handle arrays.
+pub fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `gen_ai_token_type` values, in the order of [`BackendMetrics`]' token arrays.
+pub const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached_input", "cache_write"];
+
+/// One backend's metric handles, resolved on first use and kept, so the request path does not
+/// hash label values on every request.
+#[derive(Default)]
+pub struct BackendMetrics {
+    requests: [std::sync::OnceLock<IntCounter>; 5],
+    duration: [std::sync::OnceLock<prometheus::Histogram>; 5],
+    ttft: std::sync::OnceLock<prometheus::Histogram>,
+    usage: [std::sync::OnceLock<prometheus::Histogram>; 4],
+    tokens: [[std::sync::OnceLock<IntCounter>; 2]; 4],
+    cost: [std::sync::OnceLock<IntCounter>; 2],
+}
+
+/// Where one request's metrics go: a backend's cached handles, or label values looked up now
+/// (a fallback answering for another variant, or a refusal before any backend).
+pub enum Sink<'a> {
+    /// Cached handles of the answering backend, labelled with its own variant.
+    Cached(&'a BackendMetrics, &'a [String; 5]),
+    /// Labels looked up per call.
+    Labels([&'a str; 5]),
+}
+
+impl Sink<'_> {
+    /// The label values: route, backend, provider, model, variant.
+    pub fn labels(&self) -> [&str; 5] {
+        match self {
+            Sink::Cached(_, l) => [&l[0], &l[1], &l[2], &l[3], &l[4]],
+            Sink::Labels(l) => *l,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn request(&self, m: &Metrics, status: u16, seconds: f64) {
+        let c = class_index(status);
+        let l = self.labels();
+        match self {
+            Sink::Cached(h, _) => {
+                h.requests[c]
+                    .get_or_init(|| {
+                        m.requests
+                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
+                    })
+                    .inc();
+                h.duration[c]
+                    .get_or_init(|| {
+                        m.duration
+                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
+                    })
+                    .observe(seconds);
+            }
+            Sink::Labels(_) => {
+                m.requests
+                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
+                    .inc();
+                m.duration
+                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
+                    .observe(seconds);
+            }
+        }
+    }
+
+    /// Records time to first token.
+    pub fn ttft(&self, m: &Metrics, seconds: f64) {
+        let l = self.labels();
+        match self {
+            Sink::Cached(h, _) => h
+                .ttft
+                .get_or_init(|| m.ttft.with_label_values(&l))
+                .observe(seconds),
+            Sink::Labels(_) => m.ttft.with_label_values(&l).observe(seconds),
+        }
+    }
+
+    /// Records tokens of type `TOKEN_TYPES[kind]`.
+    pub fn tokens(&self, m: &Metrics, kind: usize, n: u64, estimated: bool) {
+        let l = self.labels();
+        let est = usize::from(estimated);
+        let est_label = if estimated { "true" } else { "false" };
+        let t = TOKEN_TYPES[kind];
+        match self {
+            Sink::Cached(h, _) => {
+                h.usage[kind]
+                    .get_or_init(|| {
+                        m.token_usage
+                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t])
+                    })
+                    .observe(n as f64);
+                h.tokens[kind][est]
+                    .get_or_init(|| {
+                        m.tokens
+                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t, est_label])
+                    })
+                    .inc_by(n);
+            }
+            Sink::Labels(_) => {
+                m.token_usage
+                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t])
+                    .observe(n as f64);
+                m.tokens
+                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t, est_label])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Records spend.
+    pub fn cost(&self, m: &Metrics, micro: u64, estimated: bool) {
+        let l = self.labels();
+        let est = usize::from(estimated);
+        let est_label = if estimated { "true" } else { "false" };
+        match self {
+            Sink::Cached(h, _) => h.cost[est]
+                .get_or_init(|| {
+                    m.cost
+                        .with_label_values(&[l[0], l[1], l[2], l[3], l[4], est_label])
+                })
+                .inc_by(micro),
+            Sink::Labels(_) => m
+                .cost
+                .with_label_values(&[l[0], l[1], l[2], l[3], l[4], est_label])
+                .inc_by(micro),
+        }
+    }
+}

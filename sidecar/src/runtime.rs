@@ -43,6 +43,10 @@ pub struct BackendState {
     pub in_flight_gauge: IntGauge,
     /// Label values: route, backend, provider, model, variant.
     pub labels: [String; 5],
+    /// Metric handles for this backend's own labels.
+    pub metrics: crate::metrics::BackendMetrics,
+    /// Header values for `x-llmesh-backend`, `-variant`, `-provider`, `-route`, built once.
+    pub header_values: [http::HeaderValue; 4],
     /// The failure penalty fed to the latency average, microseconds.
     penalty_us: u64,
     breaker_cfg: (u32, u64),
@@ -345,7 +349,18 @@ fn new_backend(
         in_flight_gauge: metrics
             .in_flight
             .with_label_values(&[&labels[0], &labels[1]]),
+        metrics: Default::default(),
+        header_values: [
+            header_value(&b.name),
+            header_value(&b.variant),
+            header_value(b.provider.as_str()),
+            header_value(&r.name),
+        ],
         labels,
         penalty_us: r.timeouts.first_token_ms.min(10_000) * 1_000,
     }
+}
+
+fn header_value(s: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(s).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }

@@ -91,13 +91,12 @@ const REASONING_CUES: &[&str] = &[
 pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
     let mut tokens: u32 = 3;
     let mut complex = false;
-    let mut text_for_cues = String::new();
     let messages = body.get("messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
     for m in messages.into_iter().flatten() {
         tokens += 4;
         if let Some(content) = m.get("content") {
-            tokens += content_tokens(content, &mut text_for_cues);
+            tokens += content_tokens(content);
         }
         if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
             complex = true;
@@ -117,11 +116,11 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
     }
     // Legacy completions prompt.
     if let Some(p) = body.get("prompt") {
-        tokens += content_tokens(p, &mut text_for_cues);
+        tokens += content_tokens(p);
     }
     // Embeddings input.
     if let Some(i) = body.get("input") {
-        tokens += content_tokens(i, &mut text_for_cues);
+        tokens += content_tokens(i);
     }
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
         complex |= !tools.is_empty();
@@ -129,12 +128,18 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
             tokens += estimate_text(&t.to_string()) / 2 + 8;
         }
     }
-    if tokens > 1_000 || count > 6 || text_for_cues.contains("```") {
-        complex = true;
-    }
+    complex |= tokens > 1_000 || count > 6;
+    // Only short, tool-free prompts get here, so this second look at the text stays cheap.
     if !complex {
-        let lower = text_for_cues.to_lowercase();
-        complex = REASONING_CUES.iter().any(|cue| lower.contains(cue));
+        let mut cue = |text: &str| {
+            text.contains("```") || REASONING_CUES.iter().any(|c| contains_ignore_case(text, c))
+        };
+        complex = messages
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("content"))
+            .chain(body.get("prompt"))
+            .any(|c| any_text(c, &mut cue));
     }
     PromptFacts {
         tokens,
@@ -146,13 +151,33 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
     }
 }
 
+/// Whether `f` holds for any text in a content value (a string, or parts with `text`).
+fn any_text(content: &Value, f: &mut impl FnMut(&str) -> bool) -> bool {
+    match content {
+        Value::String(s) => f(s),
+        Value::Array(parts) => parts.iter().any(|p| match p {
+            Value::String(s) => f(s),
+            Value::Object(o) => o.get("text").is_some_and(|t| any_text(t, f)),
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// ASCII case-insensitive substring test; `needle` is lower-case.
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty()
+        || h.windows(n.len())
+            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
 /// Estimated completion tokens of an OpenAI-shaped answer (chat or text completion): its
 /// choices' text, refusals and tool-call arguments.
 pub fn answer_output(body: &[u8]) -> u32 {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
-    let mut sink = String::new();
     let mut tokens = 0;
     for c in v
         .get("choices")
@@ -161,12 +186,12 @@ pub fn answer_output(body: &[u8]) -> u32 {
         .flatten()
     {
         if let Some(t) = c.get("text") {
-            tokens += content_tokens(t, &mut sink);
+            tokens += content_tokens(t);
         }
         let Some(m) = c.get("message") else { continue };
         for field in ["content", "refusal"] {
             if let Some(t) = m.get(field) {
-                tokens += content_tokens(t, &mut sink);
+                tokens += content_tokens(t);
             }
         }
         for call in m
@@ -190,23 +215,17 @@ pub fn answer_output(body: &[u8]) -> u32 {
     tokens
 }
 
-fn content_tokens(content: &Value, text: &mut String) -> u32 {
+fn content_tokens(content: &Value) -> u32 {
     match content {
-        Value::String(s) => {
-            if text.len() < 64 * 1024 {
-                text.push_str(s);
-                text.push('\n');
-            }
-            estimate_text(s)
-        }
+        Value::String(s) => estimate_text(s),
         Value::Array(parts) => parts
             .iter()
             .map(|p| match p {
-                Value::String(s) => content_tokens(&Value::String(s.clone()), text),
+                Value::String(s) => estimate_text(s),
                 Value::Number(_) => 1,
                 Value::Object(o) => match o.get("type").and_then(Value::as_str) {
                     Some("image_url" | "image" | "input_image") => IMAGE_TOKENS,
-                    _ => o.get("text").map_or(0, |t| content_tokens(t, text)),
+                    _ => o.get("text").map_or(0, content_tokens),
                 },
                 _ => 0,
             })

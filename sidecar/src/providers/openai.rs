@@ -87,7 +87,18 @@ impl Provider for OpenAiFamily {
                 != Some(true);
         let rename_max =
             wants_max_tokens(backend.provider) && body.contains_key("max_completion_tokens");
-        let bytes = if inject_usage || rename_max {
+        let bytes = if inject_usage && !rename_max && !body.contains_key("stream_options") {
+            // The common case: add the field to the serialised body instead of copying the map.
+            serde_json::to_vec(body).map(|mut v| {
+                v.pop(); // the closing brace
+                if body.is_empty() {
+                    v.extend_from_slice(br#""stream_options":{"include_usage":true}}"#);
+                } else {
+                    v.extend_from_slice(br#","stream_options":{"include_usage":true}}"#);
+                }
+                v
+            })
+        } else if inject_usage || rename_max {
             let mut b = body.clone();
             if inject_usage {
                 let opts = b
@@ -168,7 +179,8 @@ impl Provider for OpenAiFamily {
     }
 
     fn decode(&self, backend: &Backend, _op: Op, body: Bytes) -> Result<Decoded, UpstreamError> {
-        let env: Envelope = serde_json::from_slice(&body).map_err(|e| {
+        // Only usage and an error matter here; the rest is validated as JSON and skipped.
+        let env: AnswerEnvelope = serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::retryable(
                 "malformed",
                 format!(
@@ -294,6 +306,26 @@ struct Envelope {
     choices: Option<Vec<ChoiceFinish>>,
     #[serde(default)]
     error: Option<ErrorBody>,
+}
+
+/// The parts of a complete answer the proxy reads.
+#[derive(Deserialize, Default)]
+struct AnswerEnvelope {
+    #[serde(default)]
+    usage: Option<OaUsage>,
+    #[serde(default)]
+    x_groq: Option<XGroq>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+impl AnswerEnvelope {
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+            .as_ref()
+            .or(self.x_groq.as_ref().and_then(|x| x.usage.as_ref()))
+            .map(OaUsage::normalise)
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -148,8 +148,10 @@ spec:
       model: gpt-4o-mini-2024-07-18
       baseUrl: {upstream}
 """)
-    p = start([str(RELEASE / "llmesh-sidecar"), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
-              cpu=0, env={"TOKIO_WORKER_THREADS": "1"}, stdout=subprocess.DEVNULL if ARGS.no_access_log else open(workdir / "access.log", "w"),
+    cmd = [str(RELEASE / "llmesh-sidecar"), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
+    if ARGS.no_access_log:
+        cmd += ["--access-log", "off"]
+    p = start(cmd, cpu=0, env={"LLMESH_WORKER_THREADS": "1"}, stdout=open(workdir / "access.log", "w"),
               stderr=open(workdir / "llmesh.err", "w"))
     wait_port(port)
     return port, p

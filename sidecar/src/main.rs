@@ -65,6 +65,11 @@ struct Args {
     #[arg(long, env = "LLMESH_RESPONSES_STORE_TTL", default_value = "1h", value_parser = duration)]
     responses_store_ttl: Duration,
 
+    /// Worker threads serving requests. 1 runs everything on one thread (lowest latency, one
+    /// core); 0 uses one per CPU.
+    #[arg(long, env = "LLMESH_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
+
     /// Check the config, print warnings, and exit.
     #[arg(long)]
     check: bool,
@@ -155,10 +160,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, with no cross-thread wakeups on the request path.
+    let mut builder = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if args.worker_threads > 1 {
+            b.worker_threads(args.worker_threads);
+        }
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("llmesh-sidecar: cannot start the runtime: {e}");

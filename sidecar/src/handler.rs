@@ -217,7 +217,17 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
-        .unwrap_or_else(|| format!("llmesh-{:016x}", fastrand::u64(..)))
+        .unwrap_or_else(|| {
+            // "llmesh-" and 16 hex digits, without the formatting machinery.
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = fastrand::u64(..);
+            let mut id = String::with_capacity(23);
+            id.push_str("llmesh-");
+            for i in (0..16).rev() {
+                id.push(HEX[((n >> (i * 4)) & 0xf) as usize] as char);
+            }
+            id
+        })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

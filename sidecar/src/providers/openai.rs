@@ -122,26 +122,37 @@ impl Provider for OpenAiFamily {
             UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
         })?;
 
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(url(backend, op))
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
+        let uri: http::Uri = url(backend, op).parse().map_err(|e| {
+            UpstreamError::unsupported(format!(
+                "backend `{}` has an invalid URL: {e}",
+                backend.name
+            ))
+        })?;
+        let mut req = Request::new(Full::new(Bytes::from(bytes)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.reserve(4 + backend.headers.len());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static(if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
         if let Some(key) = &backend.api_key {
             let (name, value) = if backend.provider == ProviderKind::Azure {
-                ("api-key", HeaderValue::from_str(key.expose()))
-            } else {
                 (
-                    AUTHORIZATION.as_str(),
-                    HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+                    http::HeaderName::from_static("api-key"),
+                    HeaderValue::from_str(key.expose()),
                 )
+            } else {
+                let mut v = Vec::with_capacity(7 + key.expose().len());
+                v.extend_from_slice(b"Bearer ");
+                v.extend_from_slice(key.expose().as_bytes());
+                (AUTHORIZATION, HeaderValue::from_bytes(&v))
             };
             let mut value = value.map_err(|_| UpstreamError {
                 class: ErrorClass::Auth,
@@ -155,17 +166,18 @@ impl Provider for OpenAiFamily {
                 openai_body: None,
             })?;
             value.set_sensitive(true);
-            req = req.header(name, value);
+            h.insert(name, value);
         }
         for (k, v) in &backend.headers {
-            req = req.header(k.as_str(), v.as_str());
+            // Names and values were validated when the route was compiled.
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                h.insert(k, v);
+            }
         }
-        req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
-            UpstreamError::unsupported(format!(
-                "invalid upstream request for backend `{}`: {e}",
-                backend.name
-            ))
-        })
+        Ok(req)
     }
 
     fn error(

@@ -50,6 +50,16 @@ def gw(fake, tmp_path_factory):
         # Claude's context window is too small -> Gemini's.
         route("claude-context", [anthropic("claude", fake.url("context-length,id=x-ctx")),
                                  gemini("gemini", fake.gemini_url("ok,id=x-ctx-backup"))], retry=NO_RETRY),
+        # Anthropic's stream breaks after message_start (nothing sent yet) or after content.
+        route("claude-cut-early", [anthropic("claude", fake.url("reset-mid-stream,after=1,id=x-cut1")),
+                                   upstream("gpt", fake.url("ok,id=x-cut1-backup"))], retry=NO_RETRY),
+        route("claude-cut-late", [anthropic("claude", fake.url("reset-mid-stream,after=6,id=x-cut6")),
+                                  upstream("gpt", fake.url("ok,id=x-cut6-backup"))], retry=NO_RETRY),
+        route("gemini-malformed", [gemini("gemini", fake.gemini_url("malformed-json,id=x-bad")),
+                                   anthropic("claude", fake.url("ok,id=x-bad-backup"))], retry=NO_RETRY),
+        # Retried in place, honouring Gemini's RetryInfo delay (it sends no retry-after header).
+        route("gemini-retry", [gemini("gemini", fake.gemini_url("fail-first-1-then-ok,with=429,retry-after=1s,id=x-gr"))],
+              retry={"attempts": 2, "backoff": "10ms"}),
         # Retried in place, honouring Anthropic's retry-after.
         route("claude-429", [anthropic("claude", fake.url("fail-first-1-then-ok,with=429,retry-after=1s,id=x-r"))],
               retry={"attempts": 2, "backoff": "10ms"}),
@@ -253,3 +263,42 @@ def test_anthropic_429_is_retried_after_its_retry_after(client, fake):
     reqs = fake.requests("fail-first-1-then-ok,with=429,retry-after=1s,id=x-r")
     assert [r["answer"] for r in reqs] == ["429", "ok"]
     assert reqs[1]["t_ms"] - reqs[0]["t_ms"] >= 900, "the sidecar waited for retry-after"
+
+
+def test_gemini_429_is_retried_after_its_retry_info_delay(client, fake):
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemini-retry", messages=[{"role": "user", "content": "again"}])
+    assert raw.headers["x-llmesh-attempts"] == "2"
+    reqs = fake.requests("fail-first-1-then-ok,with=429,retry-after=1s,id=x-gr")
+    assert [r["answer"] for r in reqs] == ["429", "ok"]
+    assert reqs[1]["t_ms"] - reqs[0]["t_ms"] >= 900, "the sidecar waited for RetryInfo.retryDelay"
+
+
+@pytest.mark.parametrize("model", ["claude-cut-early", "gemini-malformed"])
+def test_a_stream_broken_before_any_content_fails_over(client, claude_client, model):
+    backup = "gpt" if model == "claude-cut-early" else "claude"
+    with client.chat.completions.with_streaming_response.create(
+            model=model, stream=True, messages=[{"role": "user", "content": "cut early"}]) as raw:
+        assert raw.headers["x-llmesh-backend"] == backup
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "Hello from the fake provider. You said: cut early"
+    with claude_client.messages.stream(model=model, max_tokens=50,
+                                       messages=[{"role": "user", "content": "cut early"}]) as s:
+        assert "".join(s.text_stream) == "Hello from the fake provider. You said: cut early"
+
+
+def test_a_stream_broken_after_content_ends_in_an_error_each_client_sees(client, claude_client):
+    got = ""
+    with pytest.raises(openai.APIError):
+        for c in client.chat.completions.create(model="claude-cut-late", stream=True,
+                                                messages=[{"role": "user", "content": "cut late"}]):
+            got += c.choices[0].delta.content or "" if c.choices else ""
+    assert got.startswith("Hello"), "content came first, then the error"
+    got = ""
+    with pytest.raises(anthropic_sdk.APIStatusError) as e:
+        with claude_client.messages.stream(model="claude-cut-late", max_tokens=50,
+                                           messages=[{"role": "user", "content": "cut late"}]) as s:
+            for t in s.text_stream:
+                got += t
+    assert got.startswith("Hello")
+    assert e.value.body["type"] == "error"

@@ -150,3 +150,28 @@ for (const api of APIS) {
     });
   });
 }
+
+describe('responses: built-in OpenAI tools', () => {
+  test('web search is refused with a clear error, not ignored', async () => {
+    await assert.rejects(
+      generateText({
+        model: provider('fake-chat'),
+        prompt: 'search the web',
+        tools: { web_search: provider.tools.webSearch({}) },
+      }),
+      (e) => e.statusCode === 400 && /web_search/.test(e.message) && /function/.test(e.message),
+    );
+  });
+
+  test('previousResponseId continues a response the sidecar stored', async () => {
+    const first = await generateText({ model: provider('fake-chat'), prompt: 'my name is Ada' });
+    const r = await generateText({
+      model: provider('fake-chat'),
+      prompt: 'what is my name?',
+      providerOptions: { openai: { previousResponseId: first.response.id } },
+    });
+    assert.match(r.text, /what is my name/);
+    const sent = (await fake.requests('ok,id=node')).at(-1).body;
+    assert.deepEqual(sent.messages.map((m) => m.role), ['user', 'assistant', 'user']);
+  });
+});

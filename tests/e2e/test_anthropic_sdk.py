@@ -28,6 +28,8 @@ ROUTES = {
     "claude-native": ("ok,id=msg-native", "anthropic"),
     "claude-via-openai": ("ok,id=msg-openai", "openaiCompatible"),
     "claude-via-gemini": ("ok,id=msg-gemini", "gemini"),
+    # Gemini 3 refuses replayed calls without their thought signature, which rides in the id.
+    "claude-via-gemini3": ("ok,id=msg-gemini3", "gemini"),
 }
 
 
@@ -37,6 +39,8 @@ def gw(fake, tmp_path_factory):
         route("claude-native", [anthropic_backend("claude", fake.url("ok,id=msg-native"))]),
         route("claude-via-openai", [upstream("gpt", fake.url("ok,id=msg-openai"))]),
         route("claude-via-gemini", [gemini("gem", fake.gemini_url("ok,id=msg-gemini"))]),
+        route("claude-via-gemini3", [gemini("gem3", fake.gemini_url("ok,id=msg-gemini3"),
+                                            model="gemini-3-pro-preview")]),
     ])
     s = Sidecar(tmp_path_factory.mktemp("anthropic-sdk"), config)
     yield s
@@ -80,6 +84,7 @@ def test_messages_create(client, fake, model):
         assert body["messages"][0] == {"role": "system", "content": "Be brief."}
         assert body["max_completion_tokens"] == 300 or body.get("max_tokens") == 300
     else:
+        assert sent["path"].endswith(":generateContent")
         assert body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
         assert body["generationConfig"]["maxOutputTokens"] == 300
 

@@ -75,6 +75,10 @@ class Fake:
         """An OpenAI-style `baseUrl` (`.../v1`) for `scenario`."""
         return self.base(scenario) + "/v1"
 
+    def gemini_url(self, scenario: str) -> str:
+        """A Gemini-style `baseUrl` (`.../v1beta`) for `scenario`."""
+        return self.base(scenario) + "/v1beta"
+
     def requests(self, scenario: str | None = None) -> list[dict[str, Any]]:
         q = "" if scenario is None else "?scenario=" + urllib.request.quote(scenario, safe="")
         status, body = http_get(f"http://{self.addr}/__requests{q}")
@@ -100,6 +104,18 @@ def route(name: str, backends: list[dict[str, Any]], **spec: Any) -> dict[str, A
 def upstream(name: str, base_url: str, model: str = "gpt-4o-mini-2024-07-18", **extra: Any) -> dict[str, Any]:
     """An OpenAI-compatible backend on the fake."""
     return {"name": name, "provider": "openaiCompatible", "model": model, "baseUrl": base_url, **extra}
+
+
+def anthropic(name: str, base_url: str, model: str = "claude-sonnet-4-5-20250929", **extra: Any) -> dict[str, Any]:
+    """An Anthropic Messages backend on the fake (its key comes from env FAKE_API_KEY)."""
+    return {"name": name, "provider": "anthropic", "model": model, "baseUrl": base_url,
+            "secretRef": {"name": "fake", "key": "api-key"}, **extra}
+
+
+def gemini(name: str, base_url: str, model: str = "gemini-2.5-flash", **extra: Any) -> dict[str, Any]:
+    """A Gemini backend on the fake (its key comes from env FAKE_API_KEY)."""
+    return {"name": name, "provider": "gemini", "model": model, "baseUrl": base_url,
+            "secretRef": {"name": "fake", "key": "api-key"}, **extra}
 
 
 def mock(name: str, **behaviour: Any) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end client tests: the official openai Python SDK (pytest) and the Vercel AI SDK
-# (node --test) against the real llmesh-sidecar, with the fake provider and the built-in mock.
+# End-to-end client tests against the real llmesh-sidecar, with the fake provider (OpenAI,
+# Anthropic and Gemini wire formats) and the built-in mock: the Python clients (openai,
+# anthropic, langchain-openai; pytest), the Node clients (openai, the Vercel AI SDK, fetch;
+# node --test), and the commands in README.md and docs/clients/curl.md (they need port 4000).
 #
 #   tests/e2e/run.sh [pytest args...]
 #
@@ -37,10 +39,10 @@ step "Binaries (cargo build --bins)"
 export LLMESH_BIN_DIR="${LLMESH_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}"
 
 status=0
-step "Python: openai SDK (pytest tests/e2e)"
+step "Python: openai, anthropic, langchain-openai, curl (pytest tests/e2e)"
 (cd "$REPO/tests/e2e" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@") || status=1
 
-step "Node: Vercel AI SDK (node --test tests/clients/node/test)"
+step "Node: openai, Vercel AI SDK, fetch (node --test tests/clients/node/test)"
 (cd "$NODE_DIR" && node --test --test-concurrency=1 test/) || status=1
 
 exit "$status"

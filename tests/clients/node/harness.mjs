@@ -97,6 +97,7 @@ export async function startSidecar(manifests) {
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
+    base,
     url: `${base}/v1`,
     stop: () => new Promise((ok) => {
       if (exited !== null) return ok();

@@ -35,6 +35,67 @@ pub fn pieces(words: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// How an answer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The model finished.
+    Natural,
+    /// A stop sequence matched (the sequence; it is not part of the answer).
+    Stop(String),
+    /// The token limit cut it short.
+    Length,
+}
+
+/// Applies stop sequences, then the token limit, to reply pieces (one piece ~ one token).
+pub fn cut(mut ps: Vec<String>, stop: &[String], max: Option<usize>) -> (Vec<String>, End) {
+    let text = ps.concat();
+    let mut end = End::Natural;
+    if let Some((at, seq)) = stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()).map(|i| (i, s)))
+        .min_by_key(|(i, _)| *i)
+    {
+        let mut out = Vec::new();
+        let mut len = 0;
+        for p in ps {
+            if len + p.len() >= at {
+                let keep = &p[..at - len];
+                if !keep.is_empty() {
+                    out.push(keep.to_string());
+                }
+                break;
+            }
+            len += p.len();
+            out.push(p);
+        }
+        ps = out;
+        end = End::Stop(seq.clone());
+    }
+    match max {
+        Some(m) if ps.len() > m => {
+            ps.truncate(m);
+            (ps, End::Length)
+        }
+        _ => (ps, end),
+    }
+}
+
+/// Streams structured output in pieces too, so streaming clients must assemble it.
+pub fn json_pieces(v: &Value) -> Vec<String> {
+    let s: Vec<char> = v.to_string().chars().collect();
+    s.chunks(8).map(|c| c.iter().collect()).collect()
+}
+
+/// The text a tool result echoes: "The tool returned: ..." as pieces.
+pub fn tool_result_pieces(result: &str) -> Vec<String> {
+    let words: Vec<String> = format!("The tool returned: {result}")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    pieces(&words)
+}
+
 /// About four characters per token, never zero for non-empty text.
 pub fn estimate_tokens(text_len: usize) -> u64 {
     (text_len as u64).div_ceil(4)
@@ -273,6 +334,19 @@ mod tests {
         let v = embedding("hello", 16);
         assert_eq!(v, embedding("hello", 16));
         assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn cut_applies_stop_sequences_then_the_limit() {
+        let ps = pieces(&reply_words("a b", None));
+        let (out, end) = cut(ps.clone(), &["fake".into(), "from".into()], None);
+        assert_eq!(
+            (out.concat(), end),
+            ("Hello ".into(), End::Stop("from".into()))
+        );
+        let (out, end) = cut(ps.clone(), &[], Some(2));
+        assert_eq!((out.len(), end), (2, End::Length));
+        assert_eq!(cut(ps.clone(), &[String::new()], None).1, End::Natural);
     }
 
     #[test]

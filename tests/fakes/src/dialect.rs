@@ -2,8 +2,8 @@
 //!
 //! The engine (`server.rs`) owns everything provider-independent: the scenario prefix, recording,
 //! counters, delays, hangs and cut connections. A [`Dialect`] owns URLs, bodies, stream events and
-//! error shapes. OpenAI (with Azure's URL shape) lives in `openai.rs`; Anthropic Messages and
-//! Gemini go in modules of their own, listed in [`DIALECTS`].
+//! error shapes. OpenAI (with Azure's URL shape) lives in `openai.rs`, Anthropic Messages in
+//! `anthropic.rs`, Gemini in `gemini.rs`; [`DIALECTS`] lists them.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -12,13 +12,17 @@ use serde_json::Value;
 use crate::scenario::Options;
 
 /// Every dialect the fake speaks, tried in order.
-pub static DIALECTS: &[&dyn Dialect] = &[&crate::openai::OpenAi];
+pub static DIALECTS: &[&dyn Dialect] = &[
+    &crate::openai::OpenAi,
+    &crate::anthropic::Anthropic,
+    &crate::gemini::Gemini,
+];
 
 /// An operation a dialect serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Op {
-    /// Chat (OpenAI chat completions; Anthropic messages and Gemini generateContent later).
+    /// Chat: OpenAI chat completions, Anthropic messages, Gemini generateContent.
     Chat,
     /// OpenAI's legacy text completions.
     Completion,
@@ -28,6 +32,8 @@ pub enum Op {
     ListModels,
     /// One model.
     GetModel,
+    /// Counting a prompt's tokens (Anthropic `count_tokens`, Gemini `countTokens`).
+    CountTokens,
 }
 
 impl Op {
@@ -39,6 +45,7 @@ impl Op {
             Op::Embedding => "embedding",
             Op::ListModels => "list_models",
             Op::GetModel => "get_model",
+            Op::CountTokens => "count_tokens",
         }
     }
 }
@@ -57,10 +64,12 @@ pub struct Endpoint {
 /// What went wrong, for the dialect to phrase in its own error format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// An error status: 401, 429, 500, 502, 503, 504.
+    /// An error status: 401, 429, 500, 502, 503, 504, 529.
     Status(u16),
     /// The prompt is over the model's context window.
     ContextLength,
+    /// The provider's safety filter stopped the prompt or the answer.
+    Safety,
     /// A success status whose body does not parse.
     Malformed,
 }

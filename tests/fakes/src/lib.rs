@@ -1,7 +1,7 @@
 //! A fake LLM provider for llmesh's end-to-end tests and benchmarks.
 //!
-//! It speaks providers' wire formats (OpenAI and Azure OpenAI's URL shape today; each format is
-//! a [`dialect::Dialect`] in its own module) and misbehaves on request: the path prefix
+//! It speaks providers' wire formats (OpenAI with Azure OpenAI's URL shape, Anthropic Messages,
+//! Gemini; each format is a [`dialect::Dialect`] in its own module) and misbehaves on request: the path prefix
 //! `/s/<scenario>` picks a behaviour, so a backend's `baseUrl` alone decides how its upstream
 //! acts (`http://127.0.0.1:PORT/s/429,retry-after=200ms/v1`). See [`scenario`] for the list.
 //!
@@ -10,9 +10,11 @@
 //! `POST /__reset` forgets them and every counter.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod body;
 pub mod content;
 pub mod dialect;
+pub mod gemini;
 pub mod openai;
 pub mod record;
 pub mod scenario;

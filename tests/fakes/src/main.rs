@@ -11,8 +11,8 @@ use clap::Parser;
 use llmesh_fakes::scenario::parse_duration;
 use llmesh_fakes::{Fake, serve};
 
-/// A fake LLM provider (OpenAI wire format; Azure OpenAI URLs) whose path prefix picks its
-/// behaviour: `/s/ok/v1`, `/s/fast/v1`, `/s/429/v1`, `/s/hang-before-first-byte/v1`, ...
+/// A fake LLM provider (OpenAI, Azure OpenAI, Anthropic Messages and Gemini wire formats) whose
+/// path prefix picks its behaviour: `/s/ok/v1`, `/s/fast/v1`, `/s/429/v1`, `/s/hang-before-first-byte/v1`, ...
 #[derive(Parser, Debug)]
 #[command(name = "llmesh-fake-provider", version, about)]
 struct Args {

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::content::{self, base64, embedding, estimate_tokens, now_unix, pieces, reply_words};
+use crate::content::{
+    self, End, base64, embedding, estimate_tokens, now_unix, pieces, reply_words,
+};
 use crate::dialect::{Ctx, Dialect, Endpoint, Failure, Op, Reply};
 
 /// The OpenAI dialect (and Azure OpenAI's URL shape).
@@ -115,7 +117,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `"key":true` or `"key": true`, without parsing the body.
-fn flag(body: &[u8], key: &[u8]) -> bool {
+pub(crate) fn flag(body: &[u8], key: &[u8]) -> bool {
     find(body, key).is_some_and(|i| {
         let rest = &body[i + key.len()..];
         let rest = rest.strip_prefix(b":").unwrap_or(rest);
@@ -182,35 +184,10 @@ fn stops(body: &Value) -> Vec<String> {
 }
 
 /// Applies `stop` sequences and the token limit to reply pieces (one piece ~ one token).
-fn limit(mut ps: Vec<String>, stop: &[String], max: Option<usize>) -> (Vec<String>, &'static str) {
-    let text = ps.concat();
-    if let Some(cut) = stop
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-    {
-        let mut out = Vec::new();
-        let mut len = 0;
-        for p in ps {
-            if len + p.len() >= cut {
-                let keep = &p[..cut - len];
-                if !keep.is_empty() {
-                    out.push(keep.to_string());
-                }
-                break;
-            }
-            len += p.len();
-            out.push(p);
-        }
-        ps = out;
-    }
-    match max {
-        Some(m) if ps.len() > m => {
-            ps.truncate(m);
-            (ps, "length")
-        }
-        _ => (ps, "stop"),
+fn limit(ps: Vec<String>, stop: &[String], max: Option<usize>) -> (Vec<String>, &'static str) {
+    match content::cut(ps, stop, max) {
+        (ps, End::Length) => (ps, "length"),
+        (ps, _) => (ps, "stop"),
     }
 }
 
@@ -262,16 +239,9 @@ fn chat_said(body: &Value, words: Option<usize>) -> Said {
                 _ => None,
             });
     let ps = if let Some(v) = structured {
-        // Structured output arrives in pieces too, so streaming clients assemble it.
-        let s: Vec<char> = v.to_string().chars().collect();
-        s.chunks(8).map(|c| c.iter().collect()).collect()
+        content::json_pieces(&v)
     } else if last_role == Some("tool") {
-        let result = text_of(last.and_then(|m| m.get("content")));
-        let words: Vec<String> = format!("The tool returned: {result}")
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        pieces(&words)
+        content::tool_result_pieces(&text_of(last.and_then(|m| m.get("content"))))
     } else {
         let user = messages
             .iter()
@@ -811,6 +781,43 @@ impl Dialect for OpenAi {
                     Some(param),
                     Some("context_length_exceeded"),
                 )
+            }
+            Failure::Safety if azure => Reply::json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+                                 "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+                                 "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+                                     "hate": {"filtered": false, "severity": "safe"},
+                                     "self_harm": {"filtered": false, "severity": "safe"},
+                                     "sexual": {"filtered": false, "severity": "safe"},
+                                     "violence": {"filtered": true, "severity": "high"}}}}})
+                .to_string(),
+            ),
+            Failure::Safety => {
+                // OpenAI's own API ends the answer with `finish_reason: content_filter`.
+                let id = content::id("chatcmpl-", ctx.seq);
+                let created = now_unix();
+                if ctx.stream {
+                    let chunk = |delta: Value, finish: Option<&str>| {
+                        event(&json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                                      "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta,
+                                      "logprobs": null, "finish_reason": finish}]}))
+                    };
+                    Reply::events(vec![
+                        chunk(json!({"role": "assistant", "content": ""}), None),
+                        chunk(json!({}), Some("content_filter")),
+                        Bytes::from_static(DONE),
+                    ])
+                } else {
+                    Reply::json(
+                        StatusCode::OK,
+                        json!({"id": id, "object": "chat.completion", "created": created, "model": "gpt-4o-mini",
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null},
+                                            "logprobs": null, "finish_reason": "content_filter"}],
+                               "usage": usage(12, 0, true)})
+                        .to_string(),
+                    )
+                }
             }
             Failure::Malformed if ctx.stream => {
                 // A chunk cut off mid-JSON, as a truncating proxy would leave it.

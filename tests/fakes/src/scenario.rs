@@ -14,7 +14,7 @@ pub enum Kind {
     Ok,
     /// A correct answer with the least work possible (benchmarks): no recording, no delays.
     Fast,
-    /// The provider's error answer for this status (401, 429, 500, 502, 503, 504).
+    /// The provider's error answer for this status (401, 429, 500, 502, 503, 504, 529).
     Status(u16),
     /// Accept the request and never answer.
     Hang,
@@ -30,6 +30,9 @@ pub enum Kind {
     WrongContentType,
     /// The provider's 400 for a prompt over the model's context window.
     ContextLength,
+    /// The provider's safety filter stops the answer (Gemini's blocks, Anthropic's `refusal`,
+    /// OpenAI's `content_filter`).
+    Safety,
     /// The first N requests behave as `with` (default 503), the rest as `ok`.
     FailFirst(u32),
 }
@@ -49,6 +52,8 @@ pub struct Options {
     pub with: Kind,
     /// Words in the answer (the default echoes the prompt).
     pub words: Option<usize>,
+    /// `safety`: the answer is blocked rather than the prompt (`block=answer`).
+    pub block_answer: bool,
 }
 
 impl Default for Options {
@@ -60,6 +65,7 @@ impl Default for Options {
             retry_after: Some(Duration::from_secs(1)),
             with: Kind::Status(503),
             words: None,
+            block_answer: false,
         }
     }
 }
@@ -74,15 +80,15 @@ pub struct Scenario {
 }
 
 /// Every scenario name, for error messages.
-pub const NAMES: &str = "ok, fast, 401, 429, 500, 502, 503, 504, hang, hang-before-first-byte, \
-    reset-mid-stream, slow-chunks, malformed-json, wrong-content-type, context-length, \
-    fail-first-N-then-ok";
+pub const NAMES: &str = "ok, fast, 401, 429, 500, 502, 503, 504, 529, hang, \
+    hang-before-first-byte, reset-mid-stream, slow-chunks, malformed-json, wrong-content-type, \
+    context-length, safety, fail-first-N-then-ok";
 
 fn named(name: &str) -> Option<Kind> {
     Some(match name {
         "ok" => Kind::Ok,
         "fast" => Kind::Fast,
-        "401" | "429" | "500" | "502" | "503" | "504" => Kind::Status(name.parse().ok()?),
+        "401" | "429" | "500" | "502" | "503" | "504" | "529" => Kind::Status(name.parse().ok()?),
         "hang" => Kind::Hang,
         "hang-before-first-byte" => Kind::HangBeforeFirstByte,
         "reset-mid-stream" => Kind::ResetMidStream,
@@ -90,6 +96,7 @@ fn named(name: &str) -> Option<Kind> {
         "malformed-json" => Kind::MalformedJson,
         "wrong-content-type" => Kind::WrongContentType,
         "context-length" => Kind::ContextLength,
+        "safety" => Kind::Safety,
         _ => {
             let n = name
                 .strip_prefix("fail-first-")?
@@ -164,11 +171,18 @@ impl Scenario {
                         Some(k) => k,
                     };
                 }
+                "block" => {
+                    options.block_answer = match v {
+                        "prompt" => false,
+                        "answer" => true,
+                        _ => return Err(format!("option `block`: `{v}` is not prompt or answer")),
+                    };
+                }
                 // Free-form options only make the segment distinct (fresh counters per test).
                 "id" => {}
                 _ => {
                     return Err(format!(
-                        "unknown option `{k}`; known: latency, interval, after, retry-after, words, with, id"
+                        "unknown option `{k}`; known: latency, interval, after, retry-after, words, with, block, id"
                     ));
                 }
             }
@@ -193,6 +207,9 @@ mod tests {
         assert_eq!(s.kind, Kind::ResetMidStream);
         assert_eq!(s.options.after, 5);
         assert_eq!(s.options.interval, Duration::from_millis(1500));
+        let s = Scenario::parse("safety,block=answer").unwrap();
+        assert_eq!((s.kind, s.options.block_answer), (Kind::Safety, true));
+        assert_eq!(Scenario::parse("529").unwrap().kind, Kind::Status(529));
         assert_eq!(
             Scenario::parse("429,retry-after=none")
                 .unwrap()
@@ -208,5 +225,6 @@ mod tests {
         assert!(Scenario::parse("ok,colour=red").is_err());
         assert!(Scenario::parse("fail-first-1-then-ok,with=fast").is_err());
         assert!(Scenario::parse("slow-chunks,interval=soon").is_err());
+        assert!(Scenario::parse("safety,block=everything").is_err());
     }
 }

@@ -178,6 +178,7 @@ fn label(kind: Kind) -> String {
         Kind::MalformedJson => "malformed-json".into(),
         Kind::WrongContentType => "wrong-content-type".into(),
         Kind::ContextLength => "context-length".into(),
+        Kind::Safety => "safety".into(),
         Kind::FailFirst(n) => format!("fail-first-{n}-then-ok"),
     }
 }
@@ -325,6 +326,7 @@ where
         }
         Kind::Status(s) => fail(Failure::Status(s)),
         Kind::ContextLength => fail(Failure::ContextLength),
+        Kind::Safety => fail(Failure::Safety),
         Kind::MalformedJson => fail(Failure::Malformed),
         Kind::WrongContentType => whole(Reply {
             status: StatusCode::OK,

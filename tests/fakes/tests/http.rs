@@ -1,74 +1,17 @@
 //! The fake over real sockets: scenario prefixes, counters, cut and hanging connections, and the
 //! test hooks, as a client sees them.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use llmesh_fakes::{Fake, start};
-
-async fn fake() -> SocketAddr {
-    start(
-        "127.0.0.1:0".parse().unwrap(),
-        Fake::new(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
-}
-
-/// One HTTP/1.1 request on a fresh connection; returns the raw response read until the server
-/// closes, or whatever arrived within `wait`, and whether the read ended in an error.
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-    wait: Duration,
-) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: fake\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut broken = false;
-    let _ = tokio::time::timeout(wait, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    (String::from_utf8_lossy(&out).into_owned(), broken)
-}
-
-fn status(resp: &str) -> u16 {
-    resp[9..12].parse().unwrap()
-}
-
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
+use common::{LONG, fake, header, send, status};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM: &str =
     r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-const LONG: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn the_prefix_picks_the_behaviour() {

@@ -90,6 +90,8 @@ struct Message {
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
+    stop_sequence: Option<String>,
+    #[serde(default)]
     usage: Option<MessagesUsage>,
 }
 
@@ -171,6 +173,10 @@ pub fn decode(body: &[u8], created: u64, key: Option<&str>) -> Result<Decoded, U
             "finish_reason": finish,
         }],
     });
+    // Which stop sequence matched goes where vLLM puts it, so /v1/messages can report it.
+    if let Some(seq) = msg.stop_sequence.filter(|_| finish == "stop") {
+        out["choices"][0]["stop_reason"] = Value::String(seq);
+    }
     if let Some(u) = &usage {
         out["usage"] = openai_usage(u);
     }
@@ -268,6 +274,8 @@ enum BlockDelta {
 struct MessageDeltaBody {
     #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 /// Decodes Anthropic's named-event stream: `message_start`, `content_block_start/delta/stop`,
@@ -288,6 +296,8 @@ pub struct MessageStream {
     usage_final: bool,
     done: bool,
     output_bytes: u64,
+    /// The stop sequence that ended the answer, for the finish chunk's `stop_reason`.
+    matched: Option<String>,
 }
 
 impl MessageStream {
@@ -306,6 +316,7 @@ impl MessageStream {
             usage_final: false,
             done: false,
             output_bytes: 0,
+            matched: None,
         }
     }
 
@@ -334,12 +345,15 @@ impl MessageStream {
             first.append(&mut delta);
             delta = first;
         }
-        let choice = json!([{
+        let mut choice = json!([{
             "index": 0,
             "delta": delta,
             "logprobs": null,
             "finish_reason": finish,
         }]);
+        if let Some(seq) = self.matched.as_ref().filter(|_| finish == Some("stop")) {
+            choice[0]["stop_reason"] = Value::String(seq.clone());
+        }
         out.push(self.chunk(choice, None));
     }
 
@@ -439,6 +453,7 @@ impl StreamDecoder for MessageStream {
                     self.usage_final = true;
                 }
                 if let Some(stop) = delta.stop_reason {
+                    self.matched = delta.stop_sequence;
                     let finish = finish_reason(&stop, self.tool_calls > 0);
                     self.delta(Map::new(), Some(finish), out);
                 }

@@ -34,12 +34,12 @@ after(async () => {
   fake?.stop();
 });
 
-// The OpenAI APIs the SDK can speak. `provider(model)` and `provider.responses(model)` use the
-// Responses API (/v1/responses), which the sidecar does not serve yet: enable that entry when it
-// does, and every test below runs against it too.
+// The OpenAI APIs the SDK can speak: `provider.chat(model)` uses chat completions; the
+// documented default `provider(model)` (like `provider.responses(model)`) uses the Responses
+// API, /v1/responses. Every test below runs against both.
 const APIS = [
-  { name: 'chat completions', model: (p, m) => p.chat(m) },
-  { name: 'responses', model: (p, m) => p.responses(m), skip: 'the sidecar does not serve /v1/responses yet' },
+  { name: 'chat completions', model: (p, m) => p.chat(m), path: '/v1/chat/completions' },
+  { name: 'responses', model: (p, m) => p(m), path: '/v1/responses' },
 ];
 
 for (const api of APIS) {
@@ -47,7 +47,14 @@ for (const api of APIS) {
     const model = (name) => api.model(provider, name);
 
     test('generateText through the mock', async () => {
-      const r = await generateText({ model: model('mock-chat'), prompt: 'hi' });
+      const seen = [];
+      const spy = createOpenAI({
+        baseURL: sidecar.url,
+        apiKey: 'x',
+        fetch: (url, init) => { seen.push(new URL(url).pathname); return fetch(url, init); },
+      });
+      const r = await generateText({ model: api.model(spy, 'mock-chat'), prompt: 'hi' });
+      assert.deepEqual(seen, [api.path], 'the SDK called the API this suite is about');
       assert.equal(r.text, 'mock says hello mock says hello');
       assert.equal(r.finishReason, 'stop');
       assert.equal(r.usage.outputTokens, 6);
@@ -60,7 +67,11 @@ for (const api of APIS) {
       assert.equal(r.text, 'Hello from the fake provider. You said: node ping');
       const sent = (await fake.requests('ok,id=node')).at(-1).body;
       assert.equal(sent.model, 'gpt-4o-mini-2024-07-18');
-      assert.deepEqual(sent.messages.at(-1), { role: 'user', content: 'node ping' });
+      // Chat sends a string; the Responses API's input_text parts arrive as text parts.
+      const last = sent.messages.at(-1);
+      const text = typeof last.content === 'string' ? last.content : last.content.map((p) => p.text).join('');
+      assert.equal(last.role, 'user');
+      assert.equal(text, 'node ping');
     });
 
     test('streamText collects the streamed text and usage', async () => {
@@ -139,3 +150,28 @@ for (const api of APIS) {
     });
   });
 }
+
+describe('responses: built-in OpenAI tools', () => {
+  test('web search is refused with a clear error, not ignored', async () => {
+    await assert.rejects(
+      generateText({
+        model: provider('fake-chat'),
+        prompt: 'search the web',
+        tools: { web_search: provider.tools.webSearch({}) },
+      }),
+      (e) => e.statusCode === 400 && /web_search/.test(e.message) && /function/.test(e.message),
+    );
+  });
+
+  test('previousResponseId continues a response the sidecar stored', async () => {
+    const first = await generateText({ model: provider('fake-chat'), prompt: 'my name is Ada' });
+    const r = await generateText({
+      model: provider('fake-chat'),
+      prompt: 'what is my name?',
+      providerOptions: { openai: { previousResponseId: first.response.id } },
+    });
+    assert.match(r.text, /what is my name/);
+    const sent = (await fake.requests('ok,id=node')).at(-1).body;
+    assert.deepEqual(sent.messages.map((m) => m.role), ['user', 'assistant', 'user']);
+  });
+});

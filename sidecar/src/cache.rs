@@ -19,6 +19,8 @@ pub struct Hit {
     pub body: Bytes,
     /// Index of the backend that produced it.
     pub backend: usize,
+    /// Whether the body is in the client's own format (native passthrough).
+    pub native: bool,
 }
 
 struct Entry {
@@ -134,6 +136,7 @@ mod tests {
         Hit {
             body: Bytes::from_static(s.as_bytes()),
             backend: 0,
+            native: false,
         }
     }
 
@@ -180,6 +183,7 @@ mod tests {
             Hit {
                 body: Bytes::from(vec![0u8; 50]),
                 backend: 0,
+                native: false,
             },
             t0,
         );

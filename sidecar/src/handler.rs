@@ -456,6 +456,12 @@ async fn run(
             )
         )),
     };
+    // Kept for backends that speak the client's format natively (Anthropic on /v1/messages).
+    let original = (endpoint == Endpoint::Messages).then(|| body.clone());
+    let native_headers: Vec<(HeaderName, HeaderValue)> = ["anthropic-version", "anthropic-beta"]
+        .into_iter()
+        .filter_map(|n| Some((HeaderName::from_static(n), headers.get(n)?.clone())))
+        .collect();
     let translation = match ingress::translate(
         endpoint,
         body,
@@ -680,11 +686,11 @@ async fn run(
             ticket.variant = None;
             m.cache.with_label_values(&[name, "hit"]).inc();
             let body = match translation {
-                Some(mut t) => match t.response(&hit.body, None) {
+                Some(mut t) if !hit.native => match t.response(&hit.body, None) {
                     Ok(b) => b,
                     Err(e) => fail!(e),
                 },
-                None => hit.body,
+                _ => hit.body,
             };
             return Ok(Done::Full {
                 body,
@@ -705,10 +711,19 @@ async fn run(
         client_wants_usage,
         prompt_tokens: prompt.tokens,
         max_tokens,
+        native: original.as_ref().map(|b| crate::providers::Native {
+            endpoint,
+            body: b,
+            headers: &native_headers,
+        }),
     };
     match proxy::run(route, &plan, call, &mut ticket).await {
         Err(e) => fail!(e),
-        Ok(Outcome::Full { body, usage }) => {
+        Ok(Outcome::Full {
+            body,
+            usage,
+            native,
+        }) => {
             // A provider that reports no usage is still charged, at an estimate marked as such.
             let usage = usage.or_else(|| {
                 Some(crate::providers::Usage {
@@ -725,16 +740,17 @@ async fn run(
                     Hit {
                         body: body.clone(),
                         backend: b,
+                        native,
                     },
                     Instant::now(),
                 );
             }
             let body = match translation {
-                Some(mut t) => match t.response(&body, usage.as_ref()) {
+                Some(mut t) if !native => match t.response(&body, usage.as_ref()) {
                     Ok(b) => b,
                     Err(e) => fail!(e),
                 },
-                None => body,
+                _ => body,
             };
             Ok(Done::Full {
                 body,
@@ -745,7 +761,8 @@ async fn run(
         }
         Ok(Outcome::Stream(start)) => {
             let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
-            let encoder = match translation {
+            let encoder: Box<dyn crate::relay::StreamEncoder> = match translation {
+                _ if start.native => Box::new(crate::relay::NativeSse(endpoint.error_format())),
                 Some(t) => t.encoder(),
                 None => Box::new(OpenAiSse),
             };

@@ -42,6 +42,8 @@ pub struct Call<'a> {
     pub prompt_tokens: u32,
     /// `max_tokens` after limits.
     pub max_tokens: Option<u32>,
+    /// The client's own body, for backends that speak its format natively.
+    pub native: Option<crate::providers::Native<'a>>,
 }
 
 /// A stream whose first chunk has arrived: nothing has reached the client yet.
@@ -56,16 +58,20 @@ pub struct StreamStart {
     pub decoder: Box<dyn StreamDecoder>,
     /// Whether the stream already ended properly.
     pub finished: bool,
+    /// Whether the chunks are the client's own format (native passthrough), not OpenAI chunks.
+    pub native: bool,
 }
 
 /// What the winning attempt produced.
 pub enum Outcome {
     /// A complete answer.
     Full {
-        /// OpenAI-shaped body.
+        /// OpenAI-shaped body (or the client's own format when `native`).
         body: Bytes,
         /// Usage, when reported.
         usage: Option<Usage>,
+        /// Whether the body is the client's own format (native passthrough).
+        native: bool,
     },
     /// A stream ready to relay.
     Stream(StreamStart),
@@ -284,9 +290,19 @@ async fn attempt(
     let sent = Instant::now();
     let first_deadline = deadline.min(sent + Duration::from_millis(t.first_token_ms));
     let attempt_deadline = deadline.min(sent + Duration::from_millis(t.attempt_ms));
-    let req = b
-        .provider
-        .request(&b.spec, call.op, call.body, call.stream)?;
+    let native = call
+        .native
+        .as_ref()
+        .filter(|n| b.provider.speaks(n.endpoint));
+    let req = match native {
+        Some(n) => b
+            .provider
+            .native_request(&b.spec, n, call.stream, call.max_tokens)?,
+        None => b
+            .provider
+            .request(&b.spec, call.op, call.body, call.stream)?,
+    };
+    let native = native.is_some();
     let timeout = |what: &str| {
         UpstreamError::retryable("timeout", format!("no {what} within the time limit"))
     };
@@ -334,10 +350,15 @@ async fn attempt(
                 format!("expected a JSON answer, got content-type `{content_type}`"),
             ));
         }
-        let decoded = b.provider.decode(&b.spec, call.op, bytes)?;
+        let decoded = if native {
+            b.provider.native_decode(&b.spec, bytes)?
+        } else {
+            b.provider.decode(&b.spec, call.op, bytes)?
+        };
         return Ok(Outcome::Full {
             body: decoded.body,
             usage: decoded.usage,
+            native,
         });
     }
 
@@ -348,7 +369,11 @@ async fn attempt(
         ));
     }
     let mut parser = SseParser::default();
-    let mut decoder = b.provider.stream(&b.spec, call.op, call.client_wants_usage);
+    let mut decoder = if native {
+        b.provider.native_stream(&b.spec)
+    } else {
+        b.provider.stream(&b.spec, call.op, call.client_wants_usage)
+    };
     let mut head = Vec::new();
     let mut events = Vec::new();
     // Read until the first chunk: up to here a failure can still fail over.
@@ -368,6 +393,7 @@ async fn attempt(
                         parser,
                         decoder,
                         finished: true,
+                        native,
                     }));
                 }
                 return Err(UpstreamError::retryable(
@@ -399,6 +425,7 @@ async fn attempt(
                 parser,
                 decoder,
                 finished: false,
+                native,
             }));
         }
     }

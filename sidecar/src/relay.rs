@@ -50,6 +50,35 @@ impl StreamEncoder for OpenAiSse {
     }
 }
 
+/// The client's own event stream, passed through: chunks are complete SSE frames from a native
+/// backend. A failure after the first byte becomes an error event in the client's format.
+pub struct NativeSse(pub crate::error::ErrorFormat);
+
+impl StreamEncoder for NativeSse {
+    fn chunk(&mut self, chunk: Chunk, out: &mut VecDeque<Bytes>) {
+        if let Chunk::Data(frame) = chunk {
+            out.push_back(frame);
+        }
+    }
+
+    fn error(&mut self, message: &str, out: &mut VecDeque<Bytes>) {
+        let e = crate::error::ApiError::upstream(
+            http::StatusCode::BAD_GATEWAY,
+            "stream_error",
+            message,
+        );
+        let body = e.body(self.0);
+        let mut b = BytesMut::with_capacity(body.len() + 24);
+        if self.0 == crate::error::ErrorFormat::Anthropic {
+            b.put_slice(b"event: error\n");
+        }
+        b.put_slice(b"data: ");
+        b.put_slice(&body);
+        b.put_slice(b"\n\n");
+        out.push_back(b.freeze());
+    }
+}
+
 enum State {
     Streaming,
     /// Upstream is done; flush what is pending, then finish.

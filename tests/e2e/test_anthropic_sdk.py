@@ -78,7 +78,8 @@ def test_messages_create(client, fake, model):
         assert sent["path"].endswith("/v1/messages")
         assert body["system"] == "Be brief." and body["max_tokens"] == 300
         assert body["messages"] == [{"role": "user", "content": "ping from anthropic"}]
-        assert sent["headers"]["anthropic-version"] == "2023-06-01"
+        # Passed through natively: the client's own API version goes along.
+        assert sent["headers"]["anthropic-version"] == client.default_headers["anthropic-version"]
         assert sent["headers"]["x-api-key"] == "<present>"
     elif model == "claude-via-openai":
         assert body["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -167,3 +168,22 @@ def test_errors_are_anthropic_shaped(client):
         client.messages.create(model="claude-native", max_tokens=10,
                                messages=[{"role": "system", "content": "x"}])
     assert e.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_native_passthrough_keeps_prompt_caching_and_thinking(client, fake):
+    """An Anthropic client reaching an Anthropic backend is passed through natively: fields that
+    have no OpenAI equivalent (cache_control, thinking) reach the provider untouched, and the
+    route's limits still apply."""
+    system = [{"type": "text", "text": "A long, reusable system prompt.",
+               "cache_control": {"type": "ephemeral"}}]
+    m = client.messages.create(
+        model="claude-native", max_tokens=300, system=system,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "cached question", "cache_control": {"type": "ephemeral"}}]}])
+    assert m.type == "message"
+    body = upstream_of(fake, "claude-native")["body"]
+    assert body["system"] == system
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert body["model"] != "claude-native", "the backend's model replaces the route name"

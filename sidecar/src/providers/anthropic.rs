@@ -11,6 +11,7 @@
 
 #[cfg(test)]
 mod e2e;
+mod native;
 mod request;
 mod response;
 #[cfg(test)]
@@ -53,6 +54,37 @@ impl Provider for Anthropic {
         op == Op::Chat
     }
 
+    fn speaks(&self, endpoint: crate::ingress::Endpoint) -> bool {
+        endpoint == crate::ingress::Endpoint::Messages
+    }
+
+    fn native_request(
+        &self,
+        backend: &Backend,
+        native: &crate::providers::Native<'_>,
+        stream: bool,
+        max_tokens: Option<u32>,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let bytes = native::body(native, &backend.model, max_tokens);
+        // The client's API version and betas go along: they describe the body it wrote.
+        let forwarded: Vec<(&str, &str)> = native
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect();
+        http_request(backend, bytes, stream, &forwarded)
+    }
+
+    fn native_decode(&self, backend: &Backend, body: Bytes) -> Result<Decoded, UpstreamError> {
+        native::decode(body, backend.api_key.as_ref().map(|k| k.expose()))
+    }
+
+    fn native_stream(&self, backend: &Backend) -> Box<dyn StreamDecoder> {
+        Box::new(native::Passthrough::new(
+            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+        ))
+    }
+
     fn request(
         &self,
         backend: &Backend,
@@ -70,52 +102,7 @@ impl Provider for Anthropic {
         let bytes = serde_json::to_vec(&translated).map_err(|e| {
             UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
         })?;
-        let own = |name: &str| {
-            !backend
-                .headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(name))
-        };
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/messages", backend.base_url))
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
-        // A backend may pin another API version (or add `anthropic-beta`) through `headers`.
-        if own("anthropic-version") {
-            req = req.header("anthropic-version", API_VERSION);
-        }
-        if let Some(key) = &backend.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| UpstreamError {
-                class: ErrorClass::Auth,
-                status: None,
-                message: format!(
-                    "the API key of backend `{}` contains characters not allowed in a header",
-                    backend.name
-                ),
-                retry_after: None,
-                reason: "auth",
-                openai_body: None,
-            })?;
-            value.set_sensitive(true);
-            req = req.header("x-api-key", value);
-        }
-        for (k, v) in &backend.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
-            UpstreamError::unsupported(format!(
-                "invalid upstream request for backend `{}`: {e}",
-                backend.name
-            ))
-        })
+        http_request(backend, bytes, stream, &[])
     }
 
     fn error(
@@ -264,4 +251,69 @@ fn stream_error(data: &[u8], key: Option<&str>) -> UpstreamError {
             redact(&err.message, key)
         ),
     )
+}
+
+/// The HTTP request to `{base}/messages`: API version (the client's, when forwarded), key,
+/// and the backend's own headers, which win.
+fn http_request(
+    backend: &Backend,
+    bytes: Vec<u8>,
+    stream: bool,
+    forwarded: &[(&str, &str)],
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let own = |name: &str| {
+        !backend
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}/messages", backend.base_url))
+        .header(CONTENT_TYPE, "application/json")
+        .header(
+            ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        );
+    let client_version = forwarded
+        .iter()
+        .find(|(k, _)| *k == "anthropic-version")
+        .map(|(_, v)| *v);
+    // A backend may pin another API version (or add `anthropic-beta`) through `headers`.
+    if own("anthropic-version") {
+        req = req.header("anthropic-version", client_version.unwrap_or(API_VERSION));
+    }
+    for (k, v) in forwarded {
+        if *k != "anthropic-version" && own(k) {
+            req = req.header(*k, *v);
+        }
+    }
+    if let Some(key) = &backend.api_key {
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| UpstreamError {
+            class: ErrorClass::Auth,
+            status: None,
+            message: format!(
+                "the API key of backend `{}` contains characters not allowed in a header",
+                backend.name
+            ),
+            retry_after: None,
+            reason: "auth",
+            openai_body: None,
+        })?;
+        value.set_sensitive(true);
+        req = req.header("x-api-key", value);
+    }
+    for (k, v) in &backend.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
+        UpstreamError::unsupported(format!(
+            "invalid upstream request for backend `{}`: {e}",
+            backend.name
+        ))
+    })
 }

@@ -173,8 +173,49 @@ pub trait StreamDecoder: Send {
     fn output_estimate(&self) -> u64;
 }
 
+/// A client's request in its own wire format, for backends that speak that format natively:
+/// passed through (model and limits applied) instead of translated, so every feature of the
+/// format survives (Anthropic prompt caching, thinking, betas).
+pub struct Native<'a> {
+    /// The endpoint the client called.
+    pub endpoint: crate::ingress::Endpoint,
+    /// The client's body.
+    pub body: &'a Map<String, Value>,
+    /// Client headers to forward (`anthropic-version`, `anthropic-beta`).
+    pub headers: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
 /// One provider's translation in both directions.
 pub trait Provider: Send + Sync {
+    /// Whether the backend speaks the format of `endpoint` natively.
+    fn speaks(&self, _endpoint: crate::ingress::Endpoint) -> bool {
+        false
+    }
+    /// The upstream request for a native body; `max_tokens` is the limit after route limits and
+    /// budgets.
+    fn native_request(
+        &self,
+        backend: &Backend,
+        _native: &Native<'_>,
+        _stream: bool,
+        _max_tokens: Option<u32>,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        Err(UpstreamError::unsupported(format!(
+            "backend `{}` has no native format",
+            backend.name
+        )))
+    }
+    /// Reads usage from a native answer and hands the body back unchanged.
+    fn native_decode(&self, backend: &Backend, _body: Bytes) -> Result<Decoded, UpstreamError> {
+        Err(UpstreamError::unsupported(format!(
+            "backend `{}` has no native format",
+            backend.name
+        )))
+    }
+    /// A decoder that passes native events through as `Chunk::Data` frames, reading usage.
+    fn native_stream(&self, backend: &Backend) -> Box<dyn StreamDecoder> {
+        self.stream(backend, Op::Chat, true)
+    }
     /// Whether the backend can serve `op` at all (Anthropic has no embeddings).
     fn supports(&self, op: Op) -> bool;
     /// The upstream request for an OpenAI-shaped body. `body["model"]` is already the

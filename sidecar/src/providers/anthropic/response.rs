@@ -23,7 +23,7 @@ pub struct MessagesUsage {
 
 impl MessagesUsage {
     /// Later usage (a stream's `message_delta`, cumulative) overrides what it reports.
-    fn merge(&mut self, later: &MessagesUsage) {
+    pub(crate) fn merge(&mut self, later: &MessagesUsage) {
         let pick = |a: &mut Option<u64>, b: Option<u64>| {
             if b.is_some() {
                 *a = b;

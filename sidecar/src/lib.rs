@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod metrics;
+pub mod operator_client;
 pub mod providers;
 pub mod proxy;
 pub mod ratelimit;

@@ -139,7 +139,8 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::try_from_env("LLMESH_LOG").unwrap_or_else(|_| "info".into());
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_format == "json" {
         sub.json().init();
     } else {

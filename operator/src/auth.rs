@@ -22,7 +22,9 @@ use crate::metrics::Metrics;
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const CACHE_FOR: Duration = Duration::from_secs(60);
-const MAX_CACHED: usize = 100_000;
+/// Expired entries are swept when the cache doubles since the last sweep, so it stays near
+/// the number of connected sidecars whatever the token rotation.
+const FIRST_SWEEP: usize = 1024;
 
 /// Why a token was refused. The message tells the sidecar's operator what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,7 +41,13 @@ pub enum AuthError {
 pub struct Authenticator {
     client: Client,
     metrics: Arc<Metrics>,
-    cache: Mutex<HashMap<String, (PodIdentity, Instant)>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    reviewed: HashMap<String, (PodIdentity, Instant)>,
+    sweep_at: usize,
 }
 
 impl Authenticator {
@@ -48,7 +56,10 @@ impl Authenticator {
         Self {
             client,
             metrics,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache {
+                reviewed: HashMap::new(),
+                sweep_at: FIRST_SWEEP,
+            }),
         }
     }
 
@@ -63,7 +74,7 @@ impl Authenticator {
                     "missing `Authorization: Bearer <token>`: send the pod's projected service-account token (audience llmesh)".into(),
                 )
             })?;
-        if let Some((id, at)) = self.cache.lock().get(token)
+        if let Some((id, at)) = self.cache.lock().reviewed.get(token)
             && at.elapsed() < CACHE_FOR
         {
             return Ok(id.clone());
@@ -101,10 +112,13 @@ impl Authenticator {
             Ok(id) => {
                 self.metrics.token_reviews.with_label_values(&["ok"]).inc();
                 let mut cache = self.cache.lock();
-                if cache.len() >= MAX_CACHED {
-                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_FOR);
+                if cache.reviewed.len() >= cache.sweep_at {
+                    cache.reviewed.retain(|_, (_, at)| at.elapsed() < CACHE_FOR);
+                    cache.sweep_at = (cache.reviewed.len() * 2).max(FIRST_SWEEP);
                 }
-                cache.insert(token.to_string(), (id.clone(), Instant::now()));
+                cache
+                    .reviewed
+                    .insert(token.to_string(), (id.clone(), Instant::now()));
                 Ok(id)
             }
             Err(e) => {

@@ -96,13 +96,24 @@ pub async fn run(ctx: Arc<Context>, stores: Stores) {
         .reconcile_on(futures::stream::poll_fn(move |cx| route_rx.poll_recv(cx)))
         .with_config(config.clone())
         .run(reconcile_route, error_policy_route, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|r| count_ok(&ctx, "LLMRoute", r.is_ok()));
     let budgets = Controller::for_shared_stream(futures::stream::pending(), stores.budgets.clone())
         .reconcile_on(futures::stream::poll_fn(move |cx| budget_rx.poll_recv(cx)))
         .with_config(config)
         .run(reconcile_budget, error_policy_budget, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|r| count_ok(&ctx, "LLMBudget", r.is_ok()));
     futures::future::join(routes, budgets).await;
+}
+
+/// Counts successful reconciles (failures are counted by the error policies).
+fn count_ok(ctx: &Context, kind: &str, ok: bool) -> futures::future::Ready<()> {
+    if ok {
+        ctx.metrics
+            .reconciles
+            .with_label_values(&[kind, "ok"])
+            .inc();
+    }
+    futures::future::ready(())
 }
 
 async fn reconcile_route(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -111,10 +122,6 @@ async fn reconcile_route(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Acti
     let span = info_span!("reconcile", kind = "LLMRoute", namespace = %ns, name = %name);
     async move {
         let _timer = ctx.metrics.reconcile_seconds.start_timer();
-        ctx.metrics
-            .reconciles
-            .with_label_values(&["LLMRoute", "ok"])
-            .inc();
         let generation = route.metadata.generation.unwrap_or_default();
         let Some((outcome, rollout)) = ctx.hub.route_view(&(ns.clone(), name.clone())) else {
             return Ok(Action::requeue(Duration::from_secs(1)));
@@ -161,10 +168,6 @@ async fn reconcile_budget(budget: Arc<LLMBudget>, ctx: Arc<Context>) -> Result<A
     let span = info_span!("reconcile", kind = "LLMBudget", namespace = %ns, name = %name);
     async move {
         let _timer = ctx.metrics.reconcile_seconds.start_timer();
-        ctx.metrics
-            .reconciles
-            .with_label_values(&["LLMBudget", "ok"])
-            .inc();
         let generation = budget.metadata.generation.unwrap_or_default();
         let Some(view) = ctx.hub.budget_view(&(ns.clone(), name.clone())) else {
             return Ok(Action::requeue(Duration::from_secs(1)));

@@ -65,6 +65,21 @@ fn unwrap_lines(text: &str) -> String {
         .join("\n\n")
 }
 
+/// Every generated file, by path from the repository root: `crds/*.yaml` and
+/// `docs/crd-reference.md`.
+pub fn generated_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    let crds = crds();
+    let mut out = Vec::new();
+    for (file, crd) in &crds {
+        out.push((format!("crds/{file}"), render(crd)?));
+    }
+    out.push((
+        "docs/crd-reference.md".to_string(),
+        crate::crd_doc::reference(&crds),
+    ));
+    Ok(out)
+}
+
 /// The YAML committed for `crd`: a header saying where it comes from, then the object.
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
     let body = serde_saphyr::to_string(crd)?;
@@ -77,16 +92,16 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::Se
 mod tests {
     use super::*;
 
-    /// CI regenerates nothing by hand: this fails when `crds/` differs from the types.
+    /// CI regenerates nothing by hand: this fails when `crds/` or the reference page differ
+    /// from the types.
     #[test]
-    fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        for (file, crd) in crds() {
-            let want = render(&crd).unwrap();
-            let have = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    fn committed_crds_and_reference_match_the_types() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (rel, want) in generated_files().unwrap() {
+            let have = std::fs::read_to_string(root.join(&rel)).unwrap_or_default();
             assert!(
                 have == want,
-                "crds/{file} is stale: run `cargo run -p llmesh-operator --bin crdgen` and commit crds/"
+                "{rel} is stale: run `cargo run -p llmesh-operator --bin crdgen` and commit"
             );
         }
     }

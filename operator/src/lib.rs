@@ -10,6 +10,7 @@ pub mod auth;
 pub mod certs;
 pub mod controller;
 pub mod crd;
+pub mod crd_doc;
 pub mod events;
 pub mod hub;
 pub mod inject;

@@ -1,5 +1,5 @@
-//! `crdgen [DIR]`: writes llmesh's CRDs to `DIR` (default `crds/` at the repository root).
-//! `crdgen --check [DIR]` fails when a committed file differs from what the types generate.
+//! `crdgen`: writes llmesh's CRDs to `crds/` and their reference to `docs/crd-reference.md`.
+//! `crdgen --check` fails when a committed file differs from what the types generate.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -7,43 +7,45 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut check = false;
-    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"));
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,
-            "-h" | "--help" => {
-                println!("usage: crdgen [--check] [DIR]");
-                return ExitCode::SUCCESS;
+            _ => {
+                println!("usage: crdgen [--check]");
+                return ExitCode::from(if arg == "-h" || arg == "--help" { 0 } else { 2 });
             }
-            other => dir = PathBuf::from(other),
         }
     }
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let files = match llmesh_operator::crd::generated_files() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("crdgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut stale = Vec::new();
-    for (file, crd) in llmesh_operator::crd::crds() {
-        let text = match llmesh_operator::crd::render(&crd) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("crdgen: cannot render {file}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let path = dir.join(file);
+    for (rel, text) in files {
+        let path = root.join(&rel);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                stale.push(path.display().to_string());
+                stale.push(rel);
             }
-        } else if let Err(e) =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text))
-        {
+            continue;
+        }
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
             eprintln!("crdgen: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
-        } else {
-            println!("wrote {}", path.display());
         }
+        println!("wrote {rel}");
     }
     if !stale.is_empty() {
         eprintln!(
-            "crdgen: stale: {}; run `cargo run -p llmesh-operator --bin crdgen` and commit crds/",
+            "crdgen: stale: {}; run `cargo run -p llmesh-operator --bin crdgen` and commit",
             stale.join(", ")
         );
         return ExitCode::FAILURE;

@@ -479,3 +479,6 @@ fn created(meta: &kube::api::ObjectMeta) -> String {
         .map(|t| t.0.to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

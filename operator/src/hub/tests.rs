@@ -122,8 +122,11 @@ fn equal_content_has_equal_versions_on_every_replica() {
     let m = Metrics::new();
     let mut a = State::default();
     add_route(&mut a, "team", "chat", CHAT);
-    let mut b = State::default();
-    b.seq = 41; // another replica, another history
+    // Another replica, another history.
+    let mut b = State {
+        seq: 41,
+        ..State::default()
+    };
     add_route(&mut b, "team", "chat", CHAT);
     let pa = for_pod(&mut a, &m, "team", &labels(&[]));
     let pb = for_pod(&mut b, &m, "team", &labels(&[]));

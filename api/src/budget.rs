@@ -19,6 +19,7 @@ use crate::money::USD_PATTERN;
         shortname = "llmb",
         namespaced,
         status = "LLMBudgetStatus",
+        doc = "Caps what the routes of a namespace may spend per hour, day or month, and says what happens at the cap.",
         printcolumn = r#"{"name":"Limit","type":"string","jsonPath":".status.limit"}"#,
         printcolumn = r#"{"name":"Spent","type":"string","jsonPath":".status.spent"}"#,
         printcolumn = r#"{"name":"Remaining","type":"string","jsonPath":".status.remaining"}"#,

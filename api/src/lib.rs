@@ -10,6 +10,7 @@ pub mod duration;
 pub mod manifest;
 pub mod money;
 pub mod prices;
+pub mod protocol;
 pub mod route;
 pub mod snapshot;
 

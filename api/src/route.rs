@@ -26,6 +26,7 @@ use crate::money::USD_PATTERN;
         shortname = "llmr",
         namespaced,
         status = "LLMRouteStatus",
+        doc = "Routes one model name that clients send to LLM backends, with fallbacks, A/B splits, retries, limits and a cache. Served by the llmesh sidecars of the pods it selects.",
         printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.model"}"#,
         printcolumn = r#"{"name":"Backends","type":"string","jsonPath":".status.backends"}"#,
         printcolumn = r#"{"name":"Ready Sidecars","type":"integer","jsonPath":".status.readySidecars"}"#,
@@ -85,7 +86,7 @@ pub struct LLMRouteSpec {
     /// Backend names to try, in order, when the chosen one fails. Absent: every other backend in
     /// the order listed. Empty list: no fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub fallbacks: Option<Vec<String>>,
 
     /// Rules for `strategy: rules`, checked in order; the first that matches picks the backend set.
@@ -474,7 +475,7 @@ pub struct RuleSpec {
     #[serde(default, rename = "match")]
     pub matches: RuleMatch,
     /// Backends to choose from (weighted among themselves) when the rule matches.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 63)))]
     pub backends: Vec<String>,
 }
 

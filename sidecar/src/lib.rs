@@ -18,6 +18,7 @@ pub mod error;
 pub mod handler;
 pub mod ingress;
 pub mod metrics;
+pub mod operator_client;
 pub mod providers;
 pub mod proxy;
 pub mod ratelimit;

@@ -1,4 +1,5 @@
-//! `llmesh-sidecar --config routes.yaml`: the data plane, standalone from a file.
+//! `llmesh-sidecar --config routes.yaml`: the data plane, standalone from a file; or
+//! `llmesh-sidecar --operator https://HOST:PORT ...`: config pushed by the llmesh operator.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use clap::Parser;
 use llmesh_api::duration::parse_duration;
 use llmesh_sidecar::App;
 use llmesh_sidecar::config::{self, FileSource};
+use llmesh_sidecar::operator_client::{self, OperatorSource};
 use llmesh_sidecar::server;
 
 /// An OpenAI- and Anthropic-compatible LLM gateway for one pod (or one laptop).
@@ -18,8 +20,46 @@ use llmesh_sidecar::server;
 #[command(name = "llmesh-sidecar", version, about)]
 struct Args {
     /// A YAML file of LLMRoute and LLMBudget manifests (the same ones you would kubectl apply).
-    #[arg(long, env = "LLMESH_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        env = "LLMESH_CONFIG",
+        required_unless_present = "operator",
+        conflicts_with = "operator"
+    )]
+    config: Option<PathBuf>,
+
+    /// Take config from the llmesh operator at this URL (https://HOST:PORT) instead of a file.
+    #[arg(long, env = "LLMESH_OPERATOR")]
+    operator: Option<String>,
+
+    /// A PEM file with the CA that signs the operator's certificate.
+    #[arg(long, env = "LLMESH_OPERATOR_CA", requires = "operator")]
+    operator_ca: Option<PathBuf>,
+
+    /// The operator's CA as PEM text (what the injection webhook sets), instead of a file.
+    #[arg(
+        long,
+        env = "LLMESH_OPERATOR_CA_PEM",
+        requires = "operator",
+        hide_env_values = true
+    )]
+    operator_ca_pem: Option<String>,
+
+    /// The projected service-account token (audience llmesh), re-read on every poll.
+    #[arg(
+        long,
+        env = "LLMESH_TOKEN_FILE",
+        default_value = "/var/run/secrets/llmesh/token"
+    )]
+    token_file: PathBuf,
+
+    /// Where the last snapshot from the operator is kept, to serve while the operator is away.
+    #[arg(
+        long,
+        env = "LLMESH_SNAPSHOT_CACHE",
+        default_value = "/var/lib/llmesh/snapshot.json"
+    )]
+    snapshot_cache: PathBuf,
 
     /// A YAML file of v1 Secret manifests holding provider keys (repeatable). Without one, a
     /// secretRef {name: openai, key: api-key} is read from the environment variable OPENAI_API_KEY.
@@ -113,15 +153,23 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::try_from_env("LLMESH_LOG").unwrap_or_else(|_| "info".into());
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_format == "json" {
         sub.json().init();
     } else {
         sub.init();
     }
 
+    if let Some(url) = args.operator.clone() {
+        return operator_mode(&args, url);
+    }
+    let Some(config) = args.config.clone() else {
+        eprintln!("llmesh-sidecar: pass --config FILE or --operator URL");
+        return ExitCode::from(2);
+    };
     let source = FileSource {
-        path: args.config.clone(),
+        path: config.clone(),
         secrets: args.secrets.clone(),
     };
     let (snapshot, warnings, files) = match source.load() {
@@ -137,7 +185,7 @@ fn main() -> ExitCode {
     if args.check {
         println!(
             "{}: ok: {} route(s), {} budget(s), version {}",
-            args.config.display(),
+            config.display(),
             snapshot.routes.len(),
             snapshot.budgets.len(),
             snapshot.version
@@ -206,6 +254,93 @@ fn main() -> ExitCode {
             files,
         ));
         server::serve(app, listener, shutdown_signal(), args.shutdown_grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs with config from the operator: the snapshot on disk first (if any), then long-polls.
+fn operator_mode(args: &Args, url: String) -> ExitCode {
+    if args.check {
+        eprintln!(
+            "llmesh-sidecar: --check validates a --config file; there is none in operator mode"
+        );
+        return ExitCode::from(2);
+    }
+    let ca_pem = match (&args.operator_ca_pem, &args.operator_ca) {
+        (Some(pem), _) => pem.clone(),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("llmesh-sidecar: --operator-ca {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!(
+                "llmesh-sidecar: --operator needs the operator's CA: --operator-ca FILE or LLMESH_OPERATOR_CA_PEM"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if !url.starts_with("https://") {
+        eprintln!(
+            "llmesh-sidecar: --operator must be an https:// URL (the snapshot carries provider keys)"
+        );
+        return ExitCode::from(2);
+    }
+    let keys = match local_keys(args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("llmesh-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.listen.ip().is_loopback() && keys.is_empty() {
+        eprintln!(
+            "llmesh-sidecar: refusing to listen on {} without client API keys; pass --api-keys-env or --api-keys-file, or listen on 127.0.0.1",
+            args.listen
+        );
+        return ExitCode::from(2);
+    }
+    let source = OperatorSource {
+        url,
+        ca_pem,
+        token_file: args.token_file.clone(),
+        cache_path: args.snapshot_cache.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("llmesh-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = args.listen;
+    let grace = args.shutdown_grace;
+    let access_log = args.access_log == "on";
+    runtime.block_on(async move {
+        let app = App::builder()
+            .access_log(access_log)
+            .local_keys(keys)
+            .build();
+        let version = operator_client::start_from_disk(&app, &source);
+        let listener = match server::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("llmesh-sidecar: cannot listen on {listen}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            listen = %listen,
+            operator = %source.url,
+            "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
+        );
+        tokio::spawn(operator_client::run(app.clone(), source, version));
+        server::serve(app, listener, shutdown_signal(), grace).await;
         ExitCode::SUCCESS
     })
 }

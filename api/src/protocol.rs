@@ -1,0 +1,86 @@
+//! The config push protocol between the operator and its sidecars.
+//!
+//! A sidecar long-polls the operator over HTTPS:
+//!
+//! ```text
+//! GET /v1/snapshot?version=<the version it serves, empty if none> HTTP/1.1
+//! Authorization: Bearer <projected service-account token, audience "llmesh">
+//! ```
+//!
+//! - `200 OK`: the body is the full [`crate::Snapshot`] as JSON; its `version` (also in the
+//!   [`VERSION_HEADER`] response header) differs from the one asked with. Answered at once when
+//!   the pod's snapshot already differs, otherwise as soon as it changes.
+//! - `304 Not Modified`: nothing changed for [`HOLD`]; poll again.
+//! - `401 Unauthorized`: the token is missing, expired, for another audience, or not bound to a
+//!   Pod. `403 Forbidden`: the token is valid but the operator refuses it (for example the Pod
+//!   it is bound to is gone). Both carry an [`ErrorBody`]; retry after re-reading the token.
+//! - `503 Service Unavailable`: the operator is starting and has not seen the cluster yet;
+//!   `retry-after` says when to come back.
+//!
+//! The pod behind the token decides what it receives: the routes of its namespace whose
+//! `podSelector` matches its labels, the budgets of its namespace, and the keys of Secrets in
+//! its namespace only. See `docs/architecture.md`, section "Config push".
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the long-poll endpoint.
+pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
+/// Query parameter carrying the version the sidecar serves.
+pub const VERSION_PARAM: &str = "version";
+/// Response header carrying the version of the snapshot in the body.
+pub const VERSION_HEADER: &str = "x-llmesh-snapshot-version";
+/// The audience sidecar tokens are issued for and checked against.
+pub const AUDIENCE: &str = "llmesh";
+/// How long the operator holds a poll whose version is current before answering 304.
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a sidecar waits for an answer before giving up on a poll: [`HOLD`] plus slack for
+/// a slow network, so a healthy hold is never mistaken for a dead operator.
+pub const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+/// Path of the mutating admission webhook that injects sidecars.
+pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
+
+/// The body of an error answer (`401`, `403`, `503`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What went wrong and how to fix it. Never contains a token or a key.
+    pub error: String,
+}
+
+/// Builds the query string for a poll from the version the sidecar serves.
+pub fn snapshot_query(version: Option<&str>) -> String {
+    let v = version.unwrap_or_default();
+    // Versions are hex digests; anything else is dropped rather than escaped, so a corrupted
+    // cache file cannot smuggle query syntax.
+    let v: String = v.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("{SNAPSHOT_PATH}?{VERSION_PARAM}={v}")
+}
+
+/// Reads the sidecar's version from a query string (`version=abc&...`); empty means none.
+pub fn version_from_query(query: Option<&str>) -> String {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == VERSION_PARAM)
+        .map(|(_, v)| v.chars().filter(char::is_ascii_alphanumeric).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_round_trips_and_drops_junk() {
+        assert_eq!(
+            snapshot_query(Some("00ab12")),
+            "/v1/snapshot?version=00ab12"
+        );
+        assert_eq!(snapshot_query(None), "/v1/snapshot?version=");
+        let q = snapshot_query(Some("ab&x=1"));
+        assert_eq!(q, "/v1/snapshot?version=abx1");
+        assert_eq!(version_from_query(Some("wait=1&version=00ab12")), "00ab12");
+        assert_eq!(version_from_query(Some("version=")), "");
+        assert_eq!(version_from_query(None), "");
+    }
+}

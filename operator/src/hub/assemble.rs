@@ -1,0 +1,61 @@
+//! One pod's snapshot: the served routes of its namespace that select it, the namespace's
+//! enforced budgets, assembled and encoded once per distinct set and shared after that.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use llmesh_api::compile::assemble;
+use llmesh_api::snapshot::{Budget, Route};
+
+use super::Published;
+use super::state::{AssemblyKey, State};
+use crate::metrics::Metrics;
+use crate::selector;
+
+/// The snapshot for a pod in `ns` with `labels`, from the cache when another pod runs the same.
+pub(super) fn for_pod(
+    st: &mut State,
+    metrics: &Metrics,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> Arc<Published> {
+    let routes: Vec<(&super::Key, &Arc<Route>, u64)> = st
+        .routes_in(ns)
+        .filter(|(_, e)| selector::matches(e.selector.as_ref(), labels))
+        .filter_map(|(k, e)| e.served().map(|r| (k, r, e.seq)))
+        .collect();
+    let budgets: Vec<(&Arc<Budget>, u64)> = st
+        .budgets_in(ns)
+        .filter_map(|(_, b)| b.served().map(|c| (c, b.seq)))
+        .collect();
+    let key: AssemblyKey = (
+        ns.to_string(),
+        routes.iter().map(|(_, _, s)| *s).collect(),
+        budgets.iter().map(|(_, s)| *s).collect(),
+    );
+    if let Some(p) = st.assembled.get(&key) {
+        return p.clone();
+    }
+    let route_keys: Vec<super::Key> = routes.iter().map(|(k, _, _)| (*k).clone()).collect();
+    let route_values: Vec<Route> = routes.iter().map(|(_, r, _)| Route::clone(r)).collect();
+    let budget_values: Vec<Budget> = budgets.iter().map(|(b, _)| Budget::clone(b)).collect();
+    let snapshot = match assemble(route_values.clone(), budget_values) {
+        Ok(s) => s,
+        Err(e) => {
+            // Conflicts and budget references are checked before this point, so this is a
+            // bug; serving the routes without budgets beats serving nothing.
+            tracing::error!(namespace = ns, error = %e, "snapshot assembly failed; serving routes without budgets");
+            assemble(route_values, Vec::new()).unwrap_or_default()
+        }
+    };
+    let body = serde_json::to_vec(&snapshot).unwrap_or_default();
+    metrics.snapshots_encoded.inc();
+    let published = Arc::new(Published {
+        version: snapshot.version.clone(),
+        body: Bytes::from(body),
+        routes: route_keys,
+    });
+    st.assembled.insert(key, published.clone());
+    published
+}

@@ -1,0 +1,484 @@
+//! The snapshot hub: every replica turns the watched state into one snapshot per pod and hands
+//! it to that pod's waiting long-polls.
+//!
+//! Built for fan-out (thousands of sidecars, apply -> all serving in well under a second):
+//! - a route is compiled once per (uid, generation, resourceVersions of its Secrets);
+//! - a snapshot is assembled and encoded once per distinct set of compiled routes and budgets
+//!   (`namespace + compile sequence numbers`) and the encoded bytes are shared (`Arc`) by every
+//!   pod that runs that set;
+//! - each pod has a `watch` channel; a recompute sends on it only when the pod's snapshot
+//!   version changed, so only those waiters wake;
+//! - the watches live in [`crate::stores`]: one per kind, not one per stream.
+//!
+//! The hub also concludes each route's [`Outcome`] and counts, per route, the connected
+//! sidecars that serve it ([`Rollout`]), and pokes the leader's controllers when either changes.
+
+mod assemble;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use llmesh_api::compile::{compile_budget, compile_route};
+use llmesh_api::{LLMBudget, LLMRoute};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::outcome::{self, Claim, Outcome};
+use crate::secrets::{SecretCache, Wanted};
+use crate::status::Rollout;
+use crate::stores::Stores;
+
+use state::{BudgetEntry, PodEntry, RouteEntry, State};
+pub use state::{BudgetView, Key};
+
+/// One encoded snapshot, shared by every pod that runs the same routes and budgets.
+#[derive(Debug)]
+pub struct Published {
+    /// The snapshot's content version.
+    pub version: String,
+    /// The snapshot as JSON.
+    pub body: Bytes,
+    /// The routes in it.
+    pub routes: Vec<Key>,
+}
+
+/// Who a sidecar is, from its verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// The pod's namespace (also its ServiceAccount's).
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's uid.
+    pub uid: String,
+}
+
+/// Why a poll cannot be served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The hub has not seen the cluster yet.
+    Starting,
+    /// The pod is not (yet) among the injected pods the operator watches.
+    UnknownPod(String),
+}
+
+/// A sidecar's open poll: its pod's snapshot channel. Dropping it marks the poll finished.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    uid: String,
+    /// Receives the pod's snapshot whenever it changes.
+    pub rx: watch::Receiver<Option<Arc<Published>>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut st = self.hub.state.lock();
+        if let Some(p) = st.pods.get_mut(&self.uid) {
+            p.polls = p.polls.saturating_sub(1);
+            p.last_seen = Instant::now();
+        }
+    }
+}
+
+/// Senders into the leader's controllers.
+#[derive(Default)]
+struct Triggers {
+    routes: Option<mpsc::UnboundedSender<ObjectRef<LLMRoute>>>,
+    budgets: Option<mpsc::UnboundedSender<ObjectRef<LLMBudget>>>,
+}
+
+/// How long after its last poll a sidecar still counts as connected: it polls again right
+/// after each answer, so a few seconds of silence mean it is gone.
+const CONNECTED_GRACE: Duration = Duration::from_secs(10);
+/// Pods silent for this long are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(120);
+
+/// The hub.
+pub struct Hub {
+    stores: Stores,
+    secrets: SecretCache,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+    recount: Notify,
+    synced: watch::Sender<bool>,
+    state: Mutex<State>,
+    triggers: Mutex<Triggers>,
+}
+
+impl Hub {
+    /// A hub over `stores`; `changed` is the notifier the stores poke.
+    pub fn new(
+        stores: Stores,
+        secrets: SecretCache,
+        changed: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            stores,
+            secrets,
+            metrics,
+            changed,
+            recount: Notify::new(),
+            synced: watch::channel(false).0,
+            state: Mutex::new(State::default()),
+            triggers: Mutex::new(Triggers::default()),
+        })
+    }
+
+    /// Recomputes whenever the stores change, forever.
+    pub async fn run(self: Arc<Self>) {
+        self.stores.ready().await;
+        loop {
+            let t = Instant::now();
+            self.recompute().await;
+            self.metrics
+                .recompute_seconds
+                .observe(t.elapsed().as_secs_f64());
+            self.synced.send_replace(true);
+            tokio::select! {
+                () = self.changed.notified() => {}
+                () = self.recount.notified() => {
+                    // Batch the polls of a rollout into one count.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.recount_rollouts();
+                    continue;
+                }
+                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+        }
+    }
+
+    /// Whether the first recompute is done.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits until the first recompute is done.
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Connects the leader's controllers; every route and budget is reconciled once.
+    pub fn set_triggers(
+        &self,
+        routes: mpsc::UnboundedSender<ObjectRef<LLMRoute>>,
+        budgets: mpsc::UnboundedSender<ObjectRef<LLMBudget>>,
+    ) {
+        let st = self.state.lock();
+        for (ns, name) in st.routes.keys() {
+            let _ = routes.send(ObjectRef::new(name).within(ns));
+        }
+        for (ns, name) in st.budgets.keys() {
+            let _ = budgets.send(ObjectRef::new(name).within(ns));
+        }
+        *self.triggers.lock() = Triggers {
+            routes: Some(routes),
+            budgets: Some(budgets),
+        };
+    }
+
+    /// Disconnects the controllers (leadership lost).
+    pub fn clear_triggers(&self) {
+        *self.triggers.lock() = Triggers::default();
+    }
+
+    /// The outcome and rollout of a route, once compiled.
+    pub fn route_view(&self, key: &Key) -> Option<(Outcome, Rollout)> {
+        let st = self.state.lock();
+        let e = st.routes.get(key)?;
+        Some((
+            e.outcome(),
+            st.rollouts.get(key).copied().unwrap_or_default(),
+        ))
+    }
+
+    /// What the hub concluded about a budget, once compiled.
+    pub fn budget_view(&self, key: &Key) -> Option<BudgetView> {
+        self.state.lock().budgets.get(key).map(BudgetEntry::view)
+    }
+
+    /// Opens a poll for the pod behind a verified token, noting the version it serves.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        id: &PodIdentity,
+        serving: &str,
+    ) -> Result<Subscription, Refusal> {
+        if !self.is_synced() {
+            return Err(Refusal::Starting);
+        }
+        let meta = self
+            .stores
+            .pods
+            .get(&ObjectRef::new(&id.pod).within(&id.namespace))
+            .filter(|p| p.metadata.uid.as_deref() == Some(id.uid.as_str()))
+            .ok_or_else(|| {
+                Refusal::UnknownPod(format!(
+                    "Pod {}/{} (uid {}) is not among the pods the operator serves: it needs the label llmesh.io/sidecar=injected, which the injection webhook sets",
+                    id.namespace, id.pod, id.uid
+                ))
+            })?;
+        let labels = meta.metadata.labels.clone().unwrap_or_default();
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        if !st.pods.contains_key(&id.uid) {
+            let published = assemble::for_pod(&mut st, &self.metrics, &id.namespace, &labels);
+            st.pods.insert(
+                id.uid.clone(),
+                PodEntry {
+                    namespace: id.namespace.clone(),
+                    name: id.pod.clone(),
+                    tx: watch::channel(Some(published)).0,
+                    serving: String::new(),
+                    polls: 0,
+                    last_seen: now,
+                },
+            );
+        }
+        let entry = st.pods.get_mut(&id.uid).expect("inserted above");
+        entry.serving = serving.to_string();
+        entry.polls += 1;
+        entry.last_seen = now;
+        let rx = entry.tx.subscribe();
+        drop(st);
+        self.recount.notify_one();
+        Ok(Subscription {
+            hub: self.clone(),
+            uid: id.uid.clone(),
+            rx,
+        })
+    }
+
+    async fn recompute(&self) {
+        let routes = self.stores.routes.state();
+        let budgets = self.stores.budgets.state();
+
+        // Which Secrets routes read, at which resourceVersion.
+        let mut wanted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        let mut refs_of: HashMap<Key, Vec<(String, Option<String>)>> = HashMap::new();
+        for r in &routes {
+            let ns = r.namespace().unwrap_or_default();
+            let mut refs = Vec::new();
+            for b in &r.spec.backends {
+                if let Some(s) = &b.secret_ref {
+                    let rv = self.stores.secret_version(&ns, &s.name);
+                    if rv.is_some() {
+                        wanted
+                            .entry((ns.clone(), s.name.clone()))
+                            .or_default()
+                            .insert(s.key.clone());
+                    }
+                    refs.push((s.name.clone(), rv));
+                }
+            }
+            refs.sort();
+            refs.dedup();
+            refs_of.insert((ns, r.name_any()), refs);
+        }
+        let wanted: Vec<Wanted> = wanted
+            .into_iter()
+            .filter_map(|(key, keys)| {
+                let resource_version = self.stores.secret_version(&key.0, &key.1)?;
+                Some(Wanted {
+                    key,
+                    resource_version,
+                    keys,
+                })
+            })
+            .collect();
+        let reads = self.secrets.refresh(&wanted).await;
+        self.metrics.secret_reads.inc_by(reads as u64);
+        self.metrics.secrets_held.set(self.secrets.len() as i64);
+
+        let exists = |ns: &str, name: &str| self.stores.secret_version(ns, name).is_some();
+        let mut changed_routes: BTreeSet<Key> = BTreeSet::new();
+        let mut changed_budgets: BTreeSet<Key> = BTreeSet::new();
+        let mut st = self.state.lock();
+
+        // Compile what changed.
+        let mut live: BTreeSet<Key> = BTreeSet::new();
+        {
+            let source = self.secrets.source(&exists);
+            for r in &routes {
+                let key = (r.namespace().unwrap_or_default(), r.name_any());
+                let uid = r.uid().unwrap_or_default();
+                let generation = r.metadata.generation.unwrap_or_default();
+                let refs = refs_of.remove(&key).unwrap_or_default();
+                live.insert(key.clone());
+                if st
+                    .routes
+                    .get(&key)
+                    .is_some_and(|e| e.uid == uid && e.generation == generation && e.refs == refs)
+                {
+                    continue;
+                }
+                let compiled = compile_route(&key.0, &key.1, &r.spec, &source);
+                let (base, route) = outcome::route_outcome(&key.1, generation, &r.spec, compiled);
+                self.metrics.route_compiles.inc();
+                st.seq += 1;
+                let seq = st.seq;
+                st.routes.insert(
+                    key.clone(),
+                    RouteEntry {
+                        uid,
+                        generation,
+                        refs,
+                        created: created(&r.metadata),
+                        selector: r.spec.pod_selector.clone(),
+                        base,
+                        conflict: None,
+                        route: route.map(Arc::new),
+                        seq,
+                    },
+                );
+                changed_routes.insert(key);
+            }
+        }
+        st.routes.retain(|k, _| live.contains(k));
+
+        // A model name belongs to one route per namespace.
+        let mut claims: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
+        for ((ns, _), e) in &st.routes {
+            if let Some(route) = e.compiled_ok() {
+                claims
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(Claim::of(route, &e.created));
+            }
+        }
+        let mut conflicts: HashMap<Key, String> = HashMap::new();
+        for (ns, c) in &claims {
+            for (name, msg) in outcome::model_conflicts(ns, c) {
+                conflicts.insert((ns.clone(), name), msg);
+            }
+        }
+        for (key, e) in st.routes.iter_mut() {
+            let conflict = conflicts.remove(key);
+            if e.conflict != conflict {
+                // No new sequence number: the route leaving or joining the served set
+                // changes the assembly key of every snapshot it is in.
+                e.conflict = conflict;
+                changed_routes.insert(key.clone());
+            }
+        }
+
+        // Budgets: compile what changed, then check them against the served routes.
+        let mut live_budgets: BTreeSet<Key> = BTreeSet::new();
+        for b in &budgets {
+            let key = (b.namespace().unwrap_or_default(), b.name_any());
+            let uid = b.uid().unwrap_or_default();
+            let generation = b.metadata.generation.unwrap_or_default();
+            live_budgets.insert(key.clone());
+            if st
+                .budgets
+                .get(&key)
+                .is_some_and(|e| e.uid == uid && e.generation == generation)
+            {
+                continue;
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            let compiled = compile_budget(&key.0, &key.1, &b.spec)
+                .map(Arc::new)
+                .map_err(|e| e.errors);
+            st.budgets.insert(
+                key.clone(),
+                BudgetEntry {
+                    uid,
+                    generation,
+                    limit: outcome::limit_in_words(&b.spec),
+                    compiled,
+                    route_errors: Vec::new(),
+                    seq,
+                },
+            );
+            changed_budgets.insert(key);
+        }
+        st.budgets.retain(|k, _| live_budgets.contains(k));
+        changed_budgets.extend(st.check_budgets());
+
+        // Push to every connected pod whose snapshot changed.
+        let mut gone = Vec::new();
+        let pods: Vec<(String, String, String)> = st
+            .pods
+            .iter()
+            .map(|(uid, p)| (uid.clone(), p.namespace.clone(), p.name.clone()))
+            .collect();
+        let now = Instant::now();
+        for (uid, ns, name) in pods {
+            let meta = self
+                .stores
+                .pods
+                .get(&ObjectRef::new(&name).within(&ns))
+                .filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+            let idle = st
+                .pods
+                .get(&uid)
+                .is_some_and(|p| p.polls == 0 && now.duration_since(p.last_seen) > FORGET_AFTER);
+            let Some(meta) = meta.filter(|_| !idle) else {
+                gone.push(uid);
+                continue;
+            };
+            let labels = meta.metadata.labels.clone().unwrap_or_default();
+            let published = assemble::for_pod(&mut st, &self.metrics, &ns, &labels);
+            let entry = st.pods.get(&uid).expect("listed above");
+            let current = entry.tx.borrow().as_ref().map(|p| p.version.clone());
+            if current.as_deref() != Some(published.version.as_str()) {
+                entry.tx.send_replace(Some(published));
+            }
+        }
+        for uid in gone {
+            // Dropping the sender ends the pod's open polls.
+            st.pods.remove(&uid);
+        }
+        st.prune_assembled();
+        let changed_rollouts = st.recount(now, CONNECTED_GRACE);
+        self.metrics
+            .sidecars_connected
+            .set(st.connected(now, CONNECTED_GRACE) as i64);
+        drop(st);
+        changed_routes.extend(changed_rollouts);
+        self.trigger(changed_routes, changed_budgets);
+    }
+
+    fn recount_rollouts(&self) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let changed = st.recount(now, CONNECTED_GRACE);
+        self.metrics
+            .sidecars_connected
+            .set(st.connected(now, CONNECTED_GRACE) as i64);
+        drop(st);
+        self.trigger(changed, BTreeSet::new());
+    }
+
+    fn trigger(&self, routes: BTreeSet<Key>, budgets: BTreeSet<Key>) {
+        let t = self.triggers.lock();
+        if let Some(tx) = &t.routes {
+            for (ns, name) in routes {
+                let _ = tx.send(ObjectRef::new(&name).within(&ns));
+            }
+        }
+        if let Some(tx) = &t.budgets {
+            for (ns, name) in budgets {
+                let _ = tx.send(ObjectRef::new(&name).within(&ns));
+            }
+        }
+    }
+}
+
+fn created(meta: &kube::api::ObjectMeta) -> String {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The hub's state: compiled routes and budgets, connected pods, shared encoded snapshots, and
+//! the per-route rollout counts derived from them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llmesh_api::compile::FieldError;
+use llmesh_api::route::LabelSelector;
+use llmesh_api::snapshot::{Budget, Route};
+use tokio::sync::watch;
+
+use super::Published;
+use crate::outcome::{self, Outcome};
+use crate::status::Rollout;
+
+/// `(namespace, name)`.
+pub type Key = (String, String);
+
+/// `(namespace, compile sequence numbers of the routes, of the budgets)`: equal keys mean an
+/// identical snapshot, so it is assembled and encoded once.
+pub(super) type AssemblyKey = (String, Vec<u64>, Vec<u64>);
+
+/// A route as last compiled.
+pub(super) struct RouteEntry {
+    pub uid: String,
+    pub generation: i64,
+    /// `(Secret name, resourceVersion)` it was compiled against; `None`: the Secret was missing.
+    pub refs: Vec<(String, Option<String>)>,
+    pub created: String,
+    pub selector: Option<LabelSelector>,
+    pub base: Outcome,
+    pub conflict: Option<String>,
+    pub route: Option<Arc<Route>>,
+    pub seq: u64,
+}
+
+impl RouteEntry {
+    /// The outcome with the namespace-wide conflict check applied.
+    pub fn outcome(&self) -> Outcome {
+        let mut o = self.base.clone();
+        o.conflict = self.conflict.clone();
+        o
+    }
+
+    /// The compiled route, if it compiled (conflict or not).
+    pub fn compiled_ok(&self) -> Option<&Route> {
+        self.route.as_deref()
+    }
+
+    /// The compiled route, if it goes into snapshots.
+    pub fn served(&self) -> Option<&Arc<Route>> {
+        self.route.as_ref().filter(|_| self.conflict.is_none())
+    }
+}
+
+/// A budget as last compiled.
+pub(super) struct BudgetEntry {
+    pub uid: String,
+    pub generation: i64,
+    pub limit: Option<String>,
+    pub compiled: Result<Arc<Budget>, Vec<FieldError>>,
+    /// Problems against the namespace's served routes (a missing downgrade backend).
+    pub route_errors: Vec<FieldError>,
+    pub seq: u64,
+}
+
+/// What the hub concluded about a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetView {
+    /// The generation compiled.
+    pub generation: i64,
+    /// The cap in words.
+    pub limit: Option<String>,
+    /// Everything wrong with it; empty when it is enforced.
+    pub errors: Vec<FieldError>,
+}
+
+impl BudgetEntry {
+    pub fn view(&self) -> BudgetView {
+        let mut errors = self.compiled.as_ref().err().cloned().unwrap_or_default();
+        errors.extend(self.route_errors.iter().cloned());
+        BudgetView {
+            generation: self.generation,
+            limit: self.limit.clone(),
+            errors,
+        }
+    }
+
+    /// The compiled budget, if it goes into snapshots.
+    pub fn served(&self) -> Option<&Arc<Budget>> {
+        self.compiled
+            .as_ref()
+            .ok()
+            .filter(|_| self.route_errors.is_empty())
+    }
+}
+
+/// A pod with a connected sidecar.
+pub(super) struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub tx: watch::Sender<Option<Arc<Published>>>,
+    /// The version the sidecar said it serves on its last poll.
+    pub serving: String,
+    /// Polls open now.
+    pub polls: u32,
+    pub last_seen: Instant,
+}
+
+impl PodEntry {
+    fn connected(&self, now: Instant, grace: Duration) -> bool {
+        self.polls > 0 || now.duration_since(self.last_seen) < grace
+    }
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub seq: u64,
+    pub routes: BTreeMap<Key, RouteEntry>,
+    pub budgets: BTreeMap<Key, BudgetEntry>,
+    pub pods: HashMap<String, PodEntry>,
+    pub assembled: HashMap<AssemblyKey, Arc<Published>>,
+    pub rollouts: HashMap<Key, Rollout>,
+}
+
+impl State {
+    /// Routes of `ns`, in name order.
+    pub fn routes_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = (&'a Key, &'a RouteEntry)> {
+        self.routes
+            .range((ns.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == ns)
+    }
+
+    /// Budgets of `ns`, in name order.
+    pub fn budgets_in<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = (&'a Key, &'a BudgetEntry)> {
+        self.budgets
+            .range((ns.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == ns)
+    }
+
+    /// Re-checks every budget against the served routes of its namespace; returns the budgets
+    /// whose verdict changed.
+    pub fn check_budgets(&mut self) -> BTreeSet<Key> {
+        let mut verdicts: Vec<(Key, Vec<FieldError>)> = Vec::new();
+        for (key, b) in &self.budgets {
+            let errors = match &b.compiled {
+                Ok(budget) => {
+                    let served: Vec<&Route> = self
+                        .routes_in(&key.0)
+                        .filter_map(|(_, r)| r.served().map(|r| r.as_ref()))
+                        .collect();
+                    outcome::budget_errors(budget, &served)
+                }
+                Err(_) => Vec::new(),
+            };
+            if errors != b.route_errors {
+                verdicts.push((key.clone(), errors));
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for (key, errors) in verdicts {
+            if let Some(b) = self.budgets.get_mut(&key) {
+                b.route_errors = errors;
+                changed.insert(key);
+            }
+        }
+        changed
+    }
+
+    /// Forgets encoded snapshots no connected pod runs.
+    pub fn prune_assembled(&mut self) {
+        let in_use: BTreeSet<*const Published> = self
+            .pods
+            .values()
+            .filter_map(|p| p.tx.borrow().as_ref().map(Arc::as_ptr))
+            .collect();
+        self.assembled
+            .retain(|_, p| in_use.contains(&Arc::as_ptr(p)));
+    }
+
+    /// Connected sidecars right now.
+    pub fn connected(&self, now: Instant, grace: Duration) -> usize {
+        self.pods
+            .values()
+            .filter(|p| p.connected(now, grace))
+            .count()
+    }
+
+    /// Counts, per route, connected sidecars whose snapshot has it and those already serving
+    /// that snapshot. Returns the routes whose counts changed.
+    pub fn recount(&mut self, now: Instant, grace: Duration) -> BTreeSet<Key> {
+        let mut counts: HashMap<Key, Rollout> = HashMap::new();
+        for p in self.pods.values().filter(|p| p.connected(now, grace)) {
+            let Some(published) = p.tx.borrow().clone() else {
+                continue;
+            };
+            let ready = p.serving == published.version;
+            for key in &published.routes {
+                let c = counts.entry(key.clone()).or_default();
+                c.total += 1;
+                if ready {
+                    c.ready += 1;
+                }
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for key in self.routes.keys() {
+            let new = counts.get(key).copied().unwrap_or_default();
+            let old = self.rollouts.get(key).copied().unwrap_or_default();
+            if new != old {
+                changed.insert(key.clone());
+            }
+        }
+        self.rollouts = counts;
+        changed
+    }
+}

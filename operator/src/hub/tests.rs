@@ -1,0 +1,175 @@
+//! The fan-out decisions without a cluster: which routes a pod gets, that identical route sets
+//! share one encoded snapshot, and how rollouts are counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llmesh_api::compile::{SecretSource, compile_route};
+use llmesh_api::route::{LLMRouteSpec, SecretKeyRef};
+use tokio::sync::watch;
+
+use super::assemble::for_pod;
+use super::state::{PodEntry, RouteEntry, State};
+use crate::metrics::Metrics;
+use crate::outcome::route_outcome;
+
+struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn get(&self, _: &str, r: &SecretKeyRef) -> Result<String, String> {
+        Err(format!("no Secret {}", r.name))
+    }
+}
+
+fn add_route(st: &mut State, ns: &str, name: &str, yaml: &str) {
+    let spec: LLMRouteSpec = serde_saphyr::from_str(yaml).unwrap();
+    let (base, route) = route_outcome(name, 1, &spec, compile_route(ns, name, &spec, &NoSecrets));
+    st.seq += 1;
+    st.routes.insert(
+        (ns.into(), name.into()),
+        RouteEntry {
+            uid: format!("uid-{name}"),
+            generation: 1,
+            refs: Vec::new(),
+            created: "2025-01-01T00:00:00Z".into(),
+            selector: spec.pod_selector.clone(),
+            base,
+            conflict: None,
+            route: route.map(Arc::new),
+            seq: st.seq,
+        },
+    );
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const CHAT: &str = "backends: [{name: a, provider: mock, model: m}]";
+const WEB_ONLY: &str = "
+model: web-only
+podSelector: {matchLabels: {app: web}}
+backends: [{name: a, provider: mock, model: m}]
+";
+
+#[test]
+fn a_pod_gets_the_served_routes_of_its_namespace_that_select_it() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    add_route(&mut st, "team", "chat", CHAT);
+    add_route(&mut st, "team", "web-only", WEB_ONLY);
+    add_route(&mut st, "other", "elsewhere", CHAT);
+    add_route(
+        &mut st,
+        "team",
+        "broken",
+        "backends: [{name: a, provider: openai, model: gpt-4o-2024-08-06, secretRef: {name: missing, key: k}}]",
+    );
+
+    let web = for_pod(&mut st, &m, "team", &labels(&[("app", "web")]));
+    let names: Vec<&str> = web.routes.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["chat", "web-only"],
+        "broken is not served; other namespaces never"
+    );
+    let body = String::from_utf8(web.body.to_vec()).unwrap();
+    assert!(!body.contains("elsewhere") && !body.contains("broken"));
+
+    let api = for_pod(&mut st, &m, "team", &labels(&[("app", "api")]));
+    let names: Vec<&str> = api.routes.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["chat"]);
+    assert_ne!(web.version, api.version);
+}
+
+#[test]
+fn pods_running_the_same_routes_share_one_encoded_snapshot() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    add_route(&mut st, "team", "chat", CHAT);
+    let first = for_pod(&mut st, &m, "team", &labels(&[("app", "x"), ("pod", "0")]));
+    for i in 1..1000 {
+        let p = for_pod(
+            &mut st,
+            &m,
+            "team",
+            &labels(&[("app", "x"), ("pod", &i.to_string())]),
+        );
+        assert!(Arc::ptr_eq(&first, &p));
+    }
+    assert_eq!(m.snapshots_encoded.get(), 1, "1,000 pods, one encoding");
+
+    // A recompiled route is a new set: encoded once more, then shared again.
+    add_route(
+        &mut st,
+        "team",
+        "chat",
+        &CHAT.replace("model: m", "model: m2"),
+    );
+    let after = for_pod(&mut st, &m, "team", &labels(&[("app", "x")]));
+    assert_ne!(after.version, first.version);
+    let again = for_pod(&mut st, &m, "team", &labels(&[("app", "y")]));
+    assert!(Arc::ptr_eq(&after, &again));
+    assert_eq!(m.snapshots_encoded.get(), 2);
+}
+
+#[test]
+fn equal_content_has_equal_versions_on_every_replica() {
+    let m = Metrics::new();
+    let mut a = State::default();
+    add_route(&mut a, "team", "chat", CHAT);
+    // Another replica, another history.
+    let mut b = State {
+        seq: 41,
+        ..State::default()
+    };
+    add_route(&mut b, "team", "chat", CHAT);
+    let pa = for_pod(&mut a, &m, "team", &labels(&[]));
+    let pb = for_pod(&mut b, &m, "team", &labels(&[]));
+    assert_eq!(pa.version, pb.version);
+    assert_eq!(pa.body, pb.body);
+}
+
+fn connect(st: &mut State, uid: &str, published: Arc<super::Published>, serving: &str, polls: u32) {
+    st.pods.insert(
+        uid.into(),
+        PodEntry {
+            namespace: "team".into(),
+            name: uid.into(),
+            tx: watch::channel(Some(published)).0,
+            serving: serving.into(),
+            polls,
+            last_seen: Instant::now(),
+        },
+    );
+}
+
+#[test]
+fn rollouts_count_connected_sidecars_and_those_serving_the_latest() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    add_route(&mut st, "team", "chat", CHAT);
+    let p = for_pod(&mut st, &m, "team", &labels(&[]));
+    connect(&mut st, "a", p.clone(), &p.version, 1);
+    connect(&mut st, "b", p.clone(), "old-version", 1);
+    let changed = st.recount(Instant::now(), Duration::from_secs(10));
+    let key = ("team".to_string(), "chat".to_string());
+    assert!(changed.contains(&key));
+    let r = st.rollouts[&key];
+    assert_eq!((r.ready, r.total), (1, 2));
+    // Nothing moved: no trigger.
+    assert!(
+        st.recount(Instant::now(), Duration::from_secs(10))
+            .is_empty()
+    );
+    // A sidecar gone quiet past the grace no longer counts.
+    st.pods.get_mut("b").unwrap().polls = 0;
+    st.pods.get_mut("b").unwrap().last_seen = Instant::now() - Duration::from_secs(60);
+    st.recount(Instant::now(), Duration::from_secs(10));
+    let r = st.rollouts[&key];
+    assert_eq!((r.ready, r.total), (1, 1));
+}

@@ -1,0 +1,174 @@
+//! Every operator metric, registered in one place. Labels stay low-cardinality: no pod, route
+//! or namespace names (a cluster has thousands of pods).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by kind and result (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Seconds per reconcile.
+    pub reconcile_seconds: Histogram,
+    /// Status writes (server-side apply) by kind.
+    pub status_writes: IntCounterVec,
+    /// Events published by reason class (`warning`, `normal`).
+    pub events: IntCounterVec,
+    /// Route compilations (a spec, generation or Secret changed).
+    pub route_compiles: IntCounter,
+    /// Snapshots assembled and encoded (once per distinct set of routes, shared by every pod
+    /// that runs that set).
+    pub snapshots_encoded: IntCounter,
+    /// Seconds per recompute pass over the watched state.
+    pub recompute_seconds: Histogram,
+    /// Secrets read (GET) because a referenced Secret changed.
+    pub secret_reads: IntCounter,
+    /// Secrets whose data is held.
+    pub secrets_held: IntGauge,
+    /// Sidecars with a poll open or answered in the last seconds.
+    pub sidecars_connected: IntGauge,
+    /// Poll answers by code (`200`, `304`, `401`, `403`, `503`).
+    pub polls: IntCounterVec,
+    /// TokenReviews sent to the API server, by result (`ok`, `rejected`, `error`).
+    pub token_reviews: IntCounterVec,
+    /// Admission reviews by result (`injected`, `already`, `skipped`, `error`).
+    pub admissions: IntCounterVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+    /// Unix time the serving certificate expires.
+    pub cert_expiry: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ]))
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            reconciles: counter_vec(
+                &r,
+                "llmesh_operator_reconciles_total",
+                "Reconciles by kind and result",
+                &["kind", "result"],
+            ),
+            reconcile_seconds: histogram(
+                &r,
+                "llmesh_operator_reconcile_duration_seconds",
+                "Time per reconcile",
+            ),
+            status_writes: counter_vec(
+                &r,
+                "llmesh_operator_status_writes_total",
+                "Status writes (server-side apply) by kind",
+                &["kind"],
+            ),
+            events: counter_vec(
+                &r,
+                "llmesh_operator_events_total",
+                "Kubernetes Events published, by type",
+                &["type"],
+            ),
+            route_compiles: counter(
+                &r,
+                "llmesh_operator_route_compiles_total",
+                "Route compilations",
+            ),
+            snapshots_encoded: counter(
+                &r,
+                "llmesh_operator_snapshots_encoded_total",
+                "Snapshots assembled and encoded (once per distinct route set)",
+            ),
+            recompute_seconds: histogram(
+                &r,
+                "llmesh_operator_recompute_duration_seconds",
+                "Time per recompute pass",
+            ),
+            secret_reads: counter(
+                &r,
+                "llmesh_operator_secret_reads_total",
+                "Secrets read because a referenced Secret changed",
+            ),
+            secrets_held: gauge(
+                &r,
+                "llmesh_operator_secrets_held",
+                "Secrets whose data the operator holds",
+            ),
+            sidecars_connected: gauge(
+                &r,
+                "llmesh_operator_sidecars_connected",
+                "Sidecars connected to this replica",
+            ),
+            polls: counter_vec(
+                &r,
+                "llmesh_operator_snapshot_polls_total",
+                "Snapshot poll answers by status code",
+                &["code"],
+            ),
+            token_reviews: counter_vec(
+                &r,
+                "llmesh_operator_token_reviews_total",
+                "TokenReviews by result",
+                &["result"],
+            ),
+            admissions: counter_vec(
+                &r,
+                "llmesh_operator_admissions_total",
+                "Pod admission reviews by result",
+                &["result"],
+            ),
+            leader: gauge(
+                &r,
+                "llmesh_operator_leader",
+                "1 while this replica holds the leader Lease",
+            ),
+            cert_expiry: gauge(
+                &r,
+                "llmesh_operator_certificate_expiry_timestamp_seconds",
+                "When the serving certificate expires (Unix time)",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,161 @@
+//! The two listeners: HTTPS for sidecars and the API server (snapshot long-poll, admission
+//! webhook), and plain HTTP on a separate port for Prometheus and probes (`/metrics`,
+//! `/healthz`, `/readyz`), so scraping never needs the CA and probes never need a token.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use llmesh_api::protocol::{MUTATE_PODS_PATH, SNAPSHOT_PATH};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::Metrics;
+use crate::poll::Poller;
+use crate::webhook::Injector;
+
+/// AdmissionReviews of large pods stay well under this.
+const MAX_ADMISSION_BYTES: usize = 4 * 1024 * 1024;
+
+fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .unwrap_or_default()
+}
+
+/// Routes HTTPS requests.
+pub struct Api {
+    /// The snapshot long-poll.
+    pub poller: Poller,
+    /// The admission webhook.
+    pub injector: Injector,
+}
+
+impl Api {
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, SNAPSHOT_PATH) => self.poller.handle(req).await,
+            (&Method::POST, MUTATE_PODS_PATH) => {
+                match Limited::new(req.into_body(), MAX_ADMISSION_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => self.injector.handle(&body.to_bytes()).await,
+                    Err(e) => text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+                }
+            }
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "not found: the operator serves GET {SNAPSHOT_PATH} and POST {MUTATE_PODS_PATH}\n"
+                ),
+            ),
+        }
+    }
+}
+
+/// Serves `api` over TLS until `shutdown`, then drains for at most `grace`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    api: Arc<Api>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let builder = Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let api = api.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // A handshake that stalls must not hold a task forever.
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    };
+                    let svc = service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.route(req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {}
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (ready when `ready()` says so) until `shutdown`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let metrics = metrics.clone();
+                let ready = ready.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let metrics = metrics.clone();
+                        let ready = ready.clone();
+                        async move {
+                            Ok::<_, Infallible>(match req.uri().path() {
+                                "/metrics" => Response::builder()
+                                    .header(CONTENT_TYPE, "text/plain; version=0.0.4")
+                                    .body(Full::new(Bytes::from(metrics.render())))
+                                    .unwrap_or_default(),
+                                "/healthz" => text(StatusCode::OK, "ok\n"),
+                                "/readyz" => match ready() {
+                                    Ok(()) => text(StatusCode::OK, "ready\n"),
+                                    Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                                },
+                                _ => text(StatusCode::NOT_FOUND, "not found: /metrics, /healthz, /readyz\n"),
+                            })
+                        }
+                    });
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}

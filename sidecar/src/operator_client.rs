@@ -1,0 +1,390 @@
+//! Operator mode: the sidecar long-polls the llmesh operator for its snapshot (protocol in
+//! `llmesh_api::protocol`) over TLS, authenticated with the pod's projected service-account
+//! token, and keeps the last good snapshot on disk.
+//!
+//! - At start, a snapshot on disk is served at once (marked stale) so a restarted sidecar
+//!   serves while the operator is away; without one the sidecar is not ready (`/readyz`) and
+//!   says so in its log.
+//! - Each `200` is applied, then written to disk (mode 0600, atomically); a `304` confirms the
+//!   current one. The disk copy is never deleted: an unreachable operator means "keep serving".
+//! - Failures back off exponentially (0.5 s to 30 s, jittered) and are logged when the state
+//!   changes, not on every retry. The token file is re-read on every poll (the kubelet rotates
+//!   it). Neither the token nor any key is ever logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, RETRY_AFTER};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use llmesh_api::Snapshot;
+use llmesh_api::protocol::{CLIENT_TIMEOUT, ErrorBody, snapshot_query};
+
+use crate::app::App;
+
+/// Largest snapshot accepted (a namespace with hundreds of routes stays far below).
+const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Where the operator is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct OperatorSource {
+    /// `https://HOST:PORT` of the operator's config server.
+    pub url: String,
+    /// PEM of the CA that signs the operator's certificate.
+    pub ca_pem: String,
+    /// The projected service-account token (audience `llmesh`).
+    pub token_file: PathBuf,
+    /// Where the last good snapshot is kept.
+    pub cache_path: PathBuf,
+}
+
+/// A setup problem, reported before serving.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn client(ca_pem: &str) -> Result<HttpsClient, SetupError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| SetupError(format!("the operator CA is not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| SetupError(format!("the operator CA is not a usable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(SetupError(
+            "the operator CA holds no certificate: pass the PEM with --operator-ca FILE or LLMESH_OPERATOR_CA_PEM".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector))
+}
+
+/// Reads a snapshot saved by a previous run, if there is a readable one.
+pub fn load_cache(path: &Path) -> Option<Snapshot> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<Snapshot>(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the snapshot on disk is unreadable; ignoring it");
+            None
+        }
+    }
+}
+
+fn save_cache(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        // It holds provider keys.
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Serves the snapshot on disk, if any, and says what the sidecar is doing. Returns the
+/// version it serves.
+pub fn start_from_disk(app: &App, source: &OperatorSource) -> Option<String> {
+    match load_cache(&source.cache_path) {
+        Some(snapshot) => {
+            app.apply(&snapshot);
+            app.set_stale(true);
+            app.metrics.reloads.with_label_values(&["ok"]).inc();
+            tracing::warn!(
+                version = %snapshot.version,
+                routes = snapshot.routes.len(),
+                path = %source.cache_path.display(),
+                "serving the last snapshot from disk (possibly stale) until the operator at {} answers",
+                source.url
+            );
+            Some(snapshot.version)
+        }
+        None => {
+            tracing::warn!(
+                operator = %source.url,
+                path = %source.cache_path.display(),
+                "no snapshot on disk: not ready (/readyz answers 503) until the operator sends one"
+            );
+            None
+        }
+    }
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+
+    /// The next wait, with equal jitter, doubling up to the cap.
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        let half = d / 2;
+        half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
+    }
+}
+
+/// What went wrong on the last poll, so the log says it once per change.
+#[derive(PartialEq, Eq)]
+enum Trouble {
+    None,
+    Token(String),
+    Unreachable(String),
+    Refused(u16, String),
+    Invalid(String),
+}
+
+/// Polls the operator forever, applying each new snapshot to `app`.
+pub async fn run(app: Arc<App>, source: OperatorSource, mut version: Option<String>) {
+    let client = match client(&source.ca_pem) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the operator");
+            return;
+        }
+    };
+    let mut backoff = Backoff(BACKOFF_MIN);
+    let mut trouble = Trouble::None;
+    loop {
+        let (next, wait) = poll_once(&app, &client, &source, &mut version).await;
+        if next != trouble {
+            report(&app, &next, &version, &source);
+            trouble = next;
+        }
+        match wait {
+            Wait::Now => backoff.reset(),
+            Wait::Backoff => tokio::time::sleep(backoff.next()).await,
+            Wait::For(d) => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+enum Wait {
+    Now,
+    Backoff,
+    For(Duration),
+}
+
+fn report(app: &App, t: &Trouble, version: &Option<String>, source: &OperatorSource) {
+    let serving = match version {
+        Some(v) if app.stale.load(std::sync::atomic::Ordering::Relaxed) => {
+            format!("serving snapshot {v} from disk")
+        }
+        Some(v) => format!("serving snapshot {v}"),
+        None => "nothing to serve yet (not ready)".to_string(),
+    };
+    match t {
+        Trouble::None => tracing::info!(operator = %source.url, "connected to the operator"),
+        Trouble::Token(e) => {
+            tracing::error!(path = %source.token_file.display(), error = %e, "cannot read the service-account token; {serving}")
+        }
+        Trouble::Unreachable(e) => {
+            tracing::warn!(operator = %source.url, error = %e, "operator unreachable, retrying with backoff; {serving}")
+        }
+        Trouble::Refused(code, m) => {
+            tracing::error!(operator = %source.url, status = code, reason = %m, "the operator refused this sidecar; {serving}")
+        }
+        Trouble::Invalid(e) => {
+            tracing::error!(operator = %source.url, error = %e, "the operator sent an unreadable snapshot; {serving}")
+        }
+    }
+}
+
+async fn poll_once(
+    app: &App,
+    client: &HttpsClient,
+    source: &OperatorSource,
+    version: &mut Option<String>,
+) -> (Trouble, Wait) {
+    let token = match std::fs::read_to_string(&source.token_file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => return (Trouble::Token("the file is empty".into()), Wait::Backoff),
+        Err(e) => return (Trouble::Token(e.to_string()), Wait::Backoff),
+    };
+    let uri = format!(
+        "{}{}",
+        source.url.trim_end_matches('/'),
+        snapshot_query(version.as_deref())
+    );
+    let req = match Request::get(&uri)
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                Trouble::Invalid(format!("bad operator URL {uri}: {e}")),
+                Wait::Backoff,
+            );
+        }
+    };
+    let resp = match tokio::time::timeout(CLIENT_TIMEOUT, client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return (Trouble::Unreachable(error_chain(&e)), Wait::Backoff),
+        Err(_) => {
+            return (
+                Trouble::Unreachable("no answer in time".into()),
+                Wait::Backoff,
+            );
+        }
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(30)));
+    let body = match tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        Limited::new(resp.into_body(), MAX_SNAPSHOT_BYTES).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            return (
+                Trouble::Unreachable(format!("reading the answer: {e}")),
+                Wait::Backoff,
+            );
+        }
+        Err(_) => {
+            return (
+                Trouble::Unreachable("the answer stalled".into()),
+                Wait::Backoff,
+            );
+        }
+    };
+    match status {
+        StatusCode::OK => match serde_json::from_slice::<Snapshot>(&body) {
+            Ok(snapshot) => {
+                app.apply(&snapshot);
+                app.metrics.reloads.with_label_values(&["ok"]).inc();
+                let was_stale = app.stale.swap(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    version = %snapshot.version,
+                    routes = snapshot.routes.len(),
+                    budgets = snapshot.budgets.len(),
+                    resynced = was_stale,
+                    "applied a snapshot from the operator"
+                );
+                if let Err(e) = save_cache(&source.cache_path, &body) {
+                    tracing::warn!(path = %source.cache_path.display(), error = %e, "cannot save the snapshot to disk; a restart without the operator would start empty");
+                }
+                *version = Some(snapshot.version);
+                (Trouble::None, Wait::Now)
+            }
+            Err(e) => {
+                app.metrics.reloads.with_label_values(&["invalid"]).inc();
+                (Trouble::Invalid(e.to_string()), Wait::Backoff)
+            }
+        },
+        StatusCode::NOT_MODIFIED => {
+            if app.stale.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("the operator confirms the snapshot from disk is current");
+            }
+            (Trouble::None, Wait::Now)
+        }
+        code => {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(300).collect());
+            let wait = match (code, retry_after) {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(d)) => Wait::For(d),
+                _ => Wait::Backoff,
+            };
+            (Trouble::Refused(code.as_u16(), message), wait)
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff(BACKOFF_MIN);
+        let first = b.next();
+        assert!(
+            first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN,
+            "{first:?}"
+        );
+        for _ in 0..20 {
+            let d = b.next();
+            assert!(d <= BACKOFF_MAX, "{d:?}");
+        }
+        assert!(b.next() >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.next() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn the_cache_round_trips_and_is_private() {
+        let dir = std::env::temp_dir().join(format!("llmesh-cache-test-{}", std::process::id()));
+        let path = dir.join("nested/snapshot.json");
+        let snapshot = Snapshot {
+            version: "abc".into(),
+            ..Default::default()
+        };
+        save_cache(&path, &serde_json::to_vec(&snapshot).unwrap()).unwrap();
+        assert_eq!(load_cache(&path).unwrap().version, "abc");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(load_cache(&path).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_ca_without_a_certificate_is_refused_with_a_hint() {
+        let e = client("not a pem").err().unwrap().to_string();
+        assert!(e.contains("--operator-ca"), "{e}");
+    }
+}

@@ -170,11 +170,21 @@ user=""
 for u in $(seq 1 50); do
   if [[ "$(backend_of "user-$u")" == primary ]]; then user="user-$u" && break; fi
 done
+if [[ -z "$user" ]]; then
+  echo "none of 50 users is answered by primary: the split is broken" >&2
+  exit 1
+fi
 echo "$user is answered by primary before the edit"
 run "$K" patch llmroute chat -n demo --type json \
   -p '[{"op":"replace","path":"/spec/backends/0/weight","value":0},{"op":"replace","path":"/spec/backends/1/weight","value":100}]'
 t0=$(date +%s%N)
-while [[ "$(backend_of "$user")" != challenger ]]; do sleep 0.01; done
+until [[ "$(backend_of "$user")" == challenger ]]; do
+  if (($(date +%s%N) - t0 > 10000000000)); then
+    echo "the sidecar did not follow the edit within 10 s" >&2
+    exit 1
+  fi
+  sleep 0.01
+done
 echo "$user is answered by challenger $((($(date +%s%N) - t0) / 1000000)) ms after kubectl returned"
 split
 run "$K" get llmroutes -n demo

@@ -6,7 +6,7 @@ Every target forwards to the same fast fake OpenAI server (llmesh-fake-provider,
 baseline measured beside them. The sidecar, nginx and LiteLLM each get CPU 0 with one worker;
 the fake provider and the load generator share CPU 1.
 
-    python3 bench/run.py                  # the standard run (about 6 minutes)
+    python3 bench/run.py                  # the standard run (about 8 minutes)
     python3 bench/run.py --quick          # shorter measurements, for a smoke test
     python3 bench/run.py --litellm        # also LiteLLM (installs litellm[proxy] into .cache/)
     python3 bench/run.py --soak 600       # plus a 10-minute memory soak at 1,000 requests/s
@@ -124,6 +124,36 @@ def load(url, mode, body, duration, warmup, label, stream=False, **params):
         cmd = ["taskset", "-c", "1"] + cmd
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def pin_all(targets, cpu):
+    """Moves every thread of every target process (and children) to `cpu`."""
+    if not shutil.which("taskset"):
+        return
+    for _, p in targets.values():
+        if p:
+            for pid in [p.pid] + children(p.pid):
+                subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=False,
+                               stdout=subprocess.DEVNULL)
+
+
+def max_rate(url, target):
+    """The highest open-loop rate (requests/s) that keeps p99 under 1 ms with no errors.
+
+    Steps up a ladder of rates, 3 s each, and stops at the first one that misses; LiteLLM starts
+    low because it saturates near 230 requests/s on one worker."""
+    ladder = [50, 100, 150, 200, 300] if target == "litellm" else \
+        [500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000]
+    best = None
+    for rate in ladder:
+        r = load(url, "open", PLAIN, 3, 1, f"maxrate{rate}/{target}", rate=rate)
+        p99 = (r["latency_us"] or {}).get("p99")
+        ok = r["errors"] == 0 and p99 is not None and p99 < 1000 and r["rps"] >= 0.95 * rate
+        log(f"{'max-rate':>16} {target:>8}: {rate:>6}/s -> p99 {p99} us, {r['rps']} req/s, errors {r['errors']}: {'ok' if ok else 'miss'}")
+        if not ok:
+            break
+        best = {"rate": rate, "p99_us": p99}
+    return best
 
 
 def start_fake():
@@ -261,10 +291,17 @@ def main():
 
         run("c1-plain", "closed", PLAIN, concurrency=1)
         run("c1-stream", "closed", STREAM, stream=True, concurrency=1)
+        # The same, with every process on one CPU: at concurrency 1 each hop otherwise wakes an
+        # idle vCPU (tens of microseconds on a VM), which the direct baseline never pays.
+        pin_all(targets, 1)
+        run("c1-plain-1cpu", "closed", PLAIN, concurrency=1)
+        run("c1-stream-1cpu", "closed", STREAM, stream=True, concurrency=1)
+        pin_all(targets, 0)
         for rate in (100, 1000, 5000):
             run(f"rate{rate}-plain", "open", PLAIN, rate=rate)
         run("rate1000-stream", "open", STREAM, stream=True, rate=1000)
         run("max-c64", "closed", PLAIN, concurrency=64)
+        results["max_rate_p99_1ms"] = {t: max_rate(url, t) for t, (url, _) in targets.items()}
         if ARGS.soak:
             url, p = targets["llmesh"]
             before = rss_kib(p.pid)
@@ -286,31 +323,42 @@ def main():
 def report(res):
     runs = {(r["scenario"], r["target"]): r for r in res["runs"]}
     targets = [t for t in ("nginx", "llmesh", "litellm") if any(k[1] == t for k in runs)]
-    lines = ["| scenario | metric | direct | " + " | ".join(f"{t} (added)" for t in targets) + " |",
-             "|---|---|---|" + "---|" * len(targets)]
+    ratio = "llmesh" in targets and "litellm" in targets
+    lines = ["| scenario | metric | direct | " + " | ".join(f"{t} (added)" for t in targets)
+             + (" | LiteLLM added / llmesh added |" if ratio else " |"),
+             "|---|---|---|" + "---|" * (len(targets) + ratio)]
 
     def row(scn, label, get):
         base = runs.get((scn, "direct"))
         if not base or get(base) is None:
             return
-        cells = []
+        cells, added = [], {}
         for t in targets:
             r = runs.get((scn, t))
             v = get(r) if r else None
-            cells.append("-" if v is None else f"{v} (+{v - get(base)})")
+            if v is not None:
+                added[t] = v - get(base)
+            cells.append("-" if v is None else f"{v} ({added[t]:+})")
+        if ratio:
+            a, b = added.get("litellm"), added.get("llmesh")
+            cells.append(f"{a / b:.0f}x" if a is not None and b and b > 0 else "-")
         lines.append(f"| {scn} | {label} | {get(base)} | " + " | ".join(cells) + " |")
 
-    for scn in ("c1-plain", "rate100-plain", "rate1000-plain", "rate5000-plain"):
+    for scn in ("c1-plain", "c1-plain-1cpu", "rate100-plain", "rate1000-plain", "rate5000-plain"):
         row(scn, "p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
         row(scn, "p99 us", lambda r: (r["latency_us"] or {}).get("p99"))
         row(scn, "p99.9 us", lambda r: (r["latency_us"] or {}).get("p999"))
-    for scn in ("c1-stream", "rate1000-stream"):
+    for scn in ("c1-stream", "c1-stream-1cpu", "rate1000-stream"):
         row(scn, "ttfb p50 us", lambda r: (r["ttfb_us"] or {}).get("p50"))
         row(scn, "ttfb p99 us", lambda r: (r["ttfb_us"] or {}).get("p99"))
         row(scn, "whole stream p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
         row(scn, "chunk gap p99 us", lambda r: (r["chunk_gap_us"] or {}).get("p99"))
     row("max-c64", "requests/s", lambda r: r["rps"])
     lines.append("")
+    if "max_rate_p99_1ms" in res:
+        lines.append("Highest open-loop rate with p99 under 1 ms: " + ", ".join(
+            f"{t} {v['rate'] if v else 'none tried'} requests/s" for t, v in res["max_rate_p99_1ms"].items()) + ".")
+        lines.append("")
     lines.append("| target | idle RSS MiB | RSS at 1,000 req/s MiB | CPU s per 1,000 requests (1,000 req/s) |")
     lines.append("|---|---|---|---|")
     for t in targets:

@@ -587,6 +587,26 @@ async fn an_unknown_id_goes_natively_to_openai_which_resolves_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn references_to_items_only_openai_has_pass_through() {
+    let (app, up) = app(&routes(&[CLAUDE, GPT]));
+    up.push(
+        "gpt",
+        Reply::json(
+            200,
+            serde_json::from_str(&fixture("resp_text.response.json")).unwrap(),
+        ),
+    );
+    let body = json!({"model": "chat", "input": [
+        {"type": "item_reference", "id": "msg_67ccd2bf17f0819081ff3bb2cf6508e60bb6a6b452d3795b"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "q"}},
+        {"role": "user", "content": "go on"}]});
+    let r = post_responses(body.clone()).send(&app).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last_body("gpt")["input"], body["input"]);
+    assert_eq!(up.count("claude"), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unknown_id_on_a_route_without_openai_is_the_clear_error() {
     let (app, up) = app(&routes(&[CLAUDE, COMPAT]));
     let r = post_responses(

@@ -67,6 +67,8 @@ impl ResponsesUsage {
 #[derive(Deserialize, Default)]
 struct ResponseObject {
     #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
     usage: Option<ResponsesUsage>,
     #[serde(default)]
     error: Option<ErrorObject>,
@@ -104,7 +106,9 @@ impl ErrorObject {
     }
 }
 
-/// Reads usage from a complete Response object; the body goes to the client unchanged.
+/// Reads usage from a complete Response object; the body goes to the client unchanged. A
+/// response that failed (`status: failed`) is a failure before the first byte, like an early
+/// `response.failed` in a stream: the next backend may answer.
 pub fn decode(body: Bytes, key: Option<&str>) -> Result<Decoded, UpstreamError> {
     let r: ResponseObject = serde_json::from_slice(&body).map_err(|e| {
         UpstreamError::retryable(
@@ -115,6 +119,12 @@ pub fn decode(body: Bytes, key: Option<&str>) -> Result<Decoded, UpstreamError> 
             ),
         )
     })?;
+    if r.status.as_deref() == Some("failed") {
+        return Err(r
+            .error
+            .unwrap_or_default()
+            .upstream_error("response_failed", key));
+    }
     Ok(Decoded {
         usage: r.usage.map(ResponsesUsage::normalise),
         body,
@@ -202,16 +212,17 @@ impl StreamDecoder for Passthrough {
             return Ok(());
         }
         // OpenAI names every event; a server that sends only `data:` still has `type` in it.
+        let typed;
         let kind = if ev.event.is_empty() {
-            serde_json::from_slice::<Typed>(&ev.data)
+            typed = serde_json::from_slice::<Typed>(&ev.data)
                 .map(|t| t.kind)
-                .unwrap_or_default()
+                .unwrap_or_default();
+            typed.as_str()
         } else {
-            ev.event.clone()
+            ev.event.as_str()
         };
-        let key = self.key.clone();
-        let key = key.as_deref();
-        match kind.as_str() {
+        let key = self.key.as_deref();
+        match kind {
             "response.created" | "response.in_progress" | "response.queued" if !self.committed => {
                 if serde_json::from_slice::<serde::de::IgnoredAny>(&ev.data).is_err() {
                     return Err(UpstreamError::retryable(

@@ -270,6 +270,20 @@ fn a_context_window_error_in_the_stream_falls_back_to_a_larger_window() {
 }
 
 #[test]
+fn a_failed_response_fails_over_like_an_early_response_failed() {
+    let body = json!({"id": "resp_1", "object": "response", "status": "failed", "output": [],
+                      "error": {"code": "server_error", "message": format!("boom for {KEY}")},
+                      "usage": null});
+    let e = decode(Bytes::from(body.to_string()), Some(KEY)).unwrap_err();
+    assert_eq!(
+        (e.class, e.reason),
+        (ErrorClass::Retryable, "response_failed")
+    );
+    assert!(!e.message.contains(KEY), "{}", e.message);
+    assert!(e.message.starts_with("server_error: boom for"));
+}
+
+#[test]
 fn a_malformed_first_event_fails_over() {
     let raw = "event: response.created\ndata: {\"type\":\"response.created\",\"respon\n\n";
     let v = run_stream(raw.as_bytes(), 0);

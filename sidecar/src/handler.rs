@@ -501,6 +501,15 @@ async fn run(
     ticket.route = Some(ri);
     let route = &rt.routes[ri];
     let name = route.spec.name.as_str();
+    // Refused before limits count it, as the translation's refusals are.
+    if let Some(why) = &native_only
+        && !route
+            .backends
+            .iter()
+            .any(|b| b.provider.speaks(&b.spec, endpoint))
+    {
+        fail!(no_native_backend(why, name, None))
+    }
     let limits = &route.spec.limits;
     let m = &app.metrics;
     let reject = |limit: &str| m.limit_rejections.with_label_values(&[name, limit]).inc();

@@ -487,6 +487,23 @@ async fn a_route_without_a_native_backend_refuses_built_in_tools_clearly() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_built_in_tool_does_not_count_against_the_rate_limit() {
+    let spec = format!("backends:\n  - {CLAUDE}\nlimits: {{requestsPerMinute: 1}}\n");
+    let (app, up) = app(&route("chat", &spec));
+    for _ in 0..2 {
+        assert_eq!(
+            post_responses(web_search(false)).send(&app).await.status,
+            400
+        );
+    }
+    up.push("claude", claude_message("still here"));
+    let r = post_responses(json!({"model": "chat", "input": "hi"}))
+        .send(&app)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(start_paused = true)]
 async fn native_only_requests_still_get_route_limits() {
     let spec = format!("backends:\n  - {GPT}\nlimits: {{maxTokens: 64, maxInputTokens: 20}}\n");
     let (app, up) = app(&route("chat", &spec));

@@ -456,12 +456,15 @@ async fn run(
             )
         )),
     };
-    // Kept for backends that speak the client's format natively (Anthropic on /v1/messages).
-    let original = (endpoint == Endpoint::Messages).then(|| body.clone());
+    // Kept for backends that speak the client's format natively (Anthropic on /v1/messages,
+    // OpenAI on /v1/responses).
+    let original =
+        matches!(endpoint, Endpoint::Messages | Endpoint::Responses).then(|| body.clone());
     let native_headers: Vec<(HeaderName, HeaderValue)> = ["anthropic-version", "anthropic-beta"]
         .into_iter()
         .filter_map(|n| Some((HeaderName::from_static(n), headers.get(n)?.clone())))
         .collect();
+    let mut native_only: Option<ApiError> = None;
     let translation = match ingress::translate(
         endpoint,
         body,
@@ -474,8 +477,16 @@ async fn run(
             body = b;
             t
         }
+        // Only a backend that speaks the Responses API natively can serve it (built-in tools,
+        // state kept at OpenAI): routed on a stand-in body, sent as the client wrote it.
+        Err(e) if ingress::responses::needs_native(&e) && original.is_some() => {
+            body = ingress::responses::stand_in(original.as_ref().unwrap_or(&Map::new()));
+            native_only = Some(e);
+            None
+        }
         Err(e) => fail!(e),
     };
+    let passthrough = translation.as_ref().is_none_or(|t| t.passthrough());
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => fail!(ApiError::bad_request(
@@ -490,6 +501,15 @@ async fn run(
     ticket.route = Some(ri);
     let route = &rt.routes[ri];
     let name = route.spec.name.as_str();
+    // Refused before limits count it, as the translation's refusals are.
+    if let Some(why) = &native_only
+        && !route
+            .backends
+            .iter()
+            .any(|b| b.provider.speaks(&b.spec, endpoint))
+    {
+        fail!(no_native_backend(why, name, None))
+    }
     let limits = &route.spec.limits;
     let m = &app.metrics;
     let reject = |limit: &str| m.limit_rejections.with_label_values(&[name, limit]).inc();
@@ -617,6 +637,18 @@ async fn run(
         op: Some(op),
     };
     let mut plan = choose::plan(route, &facts, now, pinned);
+    // A request only the native format can express goes to the backends that speak it, and
+    // never to the others first: their refusal would hide the answer the client can have.
+    let speaks = |i: usize| {
+        let b = &route.backends[i];
+        b.provider.speaks(&b.spec, endpoint)
+    };
+    if let Some(why) = &native_only {
+        plan.order.retain(|&i| speaks(i));
+        if plan.order.is_empty() {
+            fail!(no_native_backend(why, name, None))
+        }
+    }
 
     // Budgets: priced on the backend chosen first.
     let unix = app.clock.unix_now();
@@ -655,6 +687,12 @@ async fn run(
                     ticket.reservations.push((budget.clone(), r));
                 }
                 match route.backends.iter().position(|b| b.spec.name == backend) {
+                    Some(i) if native_only.is_some() && !speaks(i) => {
+                        let why = native_only
+                            .clone()
+                            .unwrap_or_else(|| ApiError::internal(""));
+                        fail!(no_native_backend(&why, name, Some(&backend)))
+                    }
                     Some(i) => {
                         plan = choose::Plan {
                             order: vec![i],
@@ -680,7 +718,10 @@ async fn run(
             .is_some_and(|v| v.contains("no-store") || v.contains("no-cache"));
         if no_store {
             ticket.cache = "bypass";
-        } else if let Some(hit) = c.get(plan.order[0], &raw, now) {
+        } else if let Some(hit) = c
+            .get(plan.order[0], &raw, now)
+            .filter(|h| h.native || native_only.is_none())
+        {
             ticket.cache = "hit";
             ticket.backend = Some(hit.backend);
             ticket.variant = None;
@@ -711,11 +752,14 @@ async fn run(
         client_wants_usage,
         prompt_tokens: prompt.tokens,
         max_tokens,
-        native: original.as_ref().map(|b| crate::providers::Native {
-            endpoint,
-            body: b,
-            headers: &native_headers,
-        }),
+        native: original
+            .as_ref()
+            .filter(|_| passthrough)
+            .map(|b| crate::providers::Native {
+                endpoint,
+                body: b,
+                headers: &native_headers,
+            }),
     };
     match proxy::run(route, &plan, call, &mut ticket).await {
         Err(e) => fail!(e),
@@ -762,6 +806,9 @@ async fn run(
         Ok(Outcome::Stream(start)) => {
             let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
             let encoder: Box<dyn crate::relay::StreamEncoder> = match translation {
+                _ if start.native && endpoint == Endpoint::Responses => {
+                    Box::new(crate::relay::NativeResponsesSse::default())
+                }
                 _ if start.native => Box::new(crate::relay::NativeSse(endpoint.error_format())),
                 Some(t) => t.encoder(),
                 None => Box::new(OpenAiSse),
@@ -775,6 +822,21 @@ async fn run(
             ))
         }
     }
+}
+
+/// The refusal for a request only a native backend could serve, on a route (or a budget
+/// downgrade to `downgraded`) without one.
+fn no_native_backend(why: &ApiError, route: &str, downgraded: Option<&str>) -> ApiError {
+    let mut e = why.clone();
+    match downgraded {
+        None => e.message.push_str(&format!(
+            ". Route `{route}` has no backend that speaks the Responses API natively (provider: openai)"
+        )),
+        Some(b) => e.message.push_str(&format!(
+            ". A budget of route `{route}` moved the request to backend `{b}`, which does not speak the Responses API natively"
+        )),
+    }
+    e
 }
 
 /// The minimal shape each operation needs; everything else passes through to the provider.

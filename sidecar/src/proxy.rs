@@ -293,7 +293,7 @@ async fn attempt(
     let native = call
         .native
         .as_ref()
-        .filter(|n| b.provider.speaks(n.endpoint));
+        .filter(|n| b.provider.speaks(&b.spec, n.endpoint));
     let req = match native {
         Some(n) => b
             .provider

@@ -79,6 +79,65 @@ impl StreamEncoder for NativeSse {
     }
 }
 
+/// The Responses API's own event stream, passed through from a backend that speaks it: chunks
+/// are complete SSE frames, one per event. A failure after the first byte becomes what OpenAI
+/// sends: an `error` event (flat, as documented, and nested, as OpenAI's servers send it, so the
+/// SDKs raise it) and `response.failed` with the response from `response.created`, numbered after
+/// the last event passed.
+#[derive(Default)]
+pub struct NativeResponsesSse {
+    events: u64,
+    /// The `response` of `response.created`, for `response.failed`.
+    created: Option<serde_json::Value>,
+}
+
+impl NativeResponsesSse {
+    fn emit(&mut self, ty: &str, mut data: serde_json::Value, out: &mut VecDeque<Bytes>) {
+        data["type"] = json!(ty);
+        data["sequence_number"] = json!(self.events);
+        self.events += 1;
+        out.push_back(Bytes::from(format!("event: {ty}\ndata: {data}\n\n")));
+    }
+}
+
+impl StreamEncoder for NativeResponsesSse {
+    fn chunk(&mut self, chunk: Chunk, out: &mut VecDeque<Bytes>) {
+        if let Chunk::Data(frame) = chunk {
+            if self.events == 0 && self.created.is_none() {
+                // The first frame is `response.created`: keep its response (parsed once).
+                let mut events = Vec::new();
+                let mut p = SseParser::default();
+                if p.push(&frame, &mut events).is_ok() {
+                    p.finish(&mut events);
+                }
+                self.created = events
+                    .first()
+                    .and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok())
+                    .and_then(|mut v| v.get_mut("response").map(serde_json::Value::take))
+                    .filter(serde_json::Value::is_object);
+            }
+            self.events += 1;
+            out.push_back(frame);
+        }
+    }
+
+    fn error(&mut self, message: &str, out: &mut VecDeque<Bytes>) {
+        self.emit(
+            "error",
+            json!({
+                "code": "server_error", "message": message, "param": null,
+                "error": {"type": "server_error", "code": "server_error", "message": message, "param": null},
+            }),
+            out,
+        );
+        if let Some(mut r) = self.created.take() {
+            r["status"] = json!("failed");
+            r["error"] = json!({"code": "server_error", "message": message});
+            self.emit("response.failed", json!({ "response": r }), out);
+        }
+    }
+}
+
 enum State {
     Streaming,
     /// Upstream is done; flush what is pending, then finish.
@@ -116,7 +175,7 @@ impl Relay {
         for c in start.head {
             encoder.chunk(c, &mut pending);
         }
-        Self {
+        let mut relay = Self {
             pending,
             upstream: start.body,
             parser: start.parser,
@@ -124,19 +183,19 @@ impl Relay {
             encoder,
             idle: Box::pin(tokio::time::sleep(idle_for)),
             idle_for,
-            state: if start.finished {
-                State::Draining { error: None }
-            } else {
-                State::Streaming
-            },
+            state: State::Streaming,
             ticket: Some(ticket),
             events: Vec::new(),
             chunks: Vec::new(),
             first_sent: false,
+        };
+        if start.finished {
+            relay.ended();
         }
+        relay
     }
 
-    fn fail(&mut self, reason: &'static str, message: &str) {
+    fn count_error(&self, reason: &'static str) {
         if let Some(t) = &self.ticket
             && let (Some(rt), Some(r), Some(b)) = (&t.rt, t.route, t.backend)
         {
@@ -147,6 +206,20 @@ impl Relay {
                 .with_label_values(&[&labels[0], &labels[1], reason])
                 .inc();
         }
+    }
+
+    /// The upstream ended properly. A failure it reported in-band, in the client's own format
+    /// (native passthrough), already reached the client: it is only counted.
+    fn ended(&mut self) {
+        let error = self.decoder.failure();
+        if let Some(reason) = error {
+            self.count_error(reason);
+        }
+        self.state = State::Draining { error };
+    }
+
+    fn fail(&mut self, reason: &'static str, message: &str) {
+        self.count_error(reason);
         self.encoder.error(
             &format!("llmesh: the upstream stream failed after it started: {message}"),
             &mut self.pending,
@@ -178,7 +251,7 @@ impl Relay {
             self.encoder.chunk(c, &mut self.pending);
         }
         if done {
-            self.state = State::Draining { error: None };
+            self.ended();
         }
     }
 
@@ -196,7 +269,7 @@ impl Relay {
             self.encoder.chunk(c, &mut self.pending);
         }
         match result {
-            Ok(()) => self.state = State::Draining { error: None },
+            Ok(()) => self.ended(),
             Err(e) => self.fail(e.reason, &e.message),
         }
     }

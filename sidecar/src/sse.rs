@@ -1,7 +1,7 @@
 //! An incremental Server-Sent Events parser (the WHATWG event-stream format) that takes bytes in
 //! whatever pieces the network delivers and yields whole events.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// One event: its `event:` name (empty when absent) and its `data:` lines joined by `\n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +97,23 @@ impl SseParser {
         }
         self.has_data = false;
     }
+}
+
+/// Writes `ev` back as one complete SSE frame (`event:` line when named, `data:` lines, blank
+/// line): how passthrough streams hand an upstream event to the client.
+pub fn frame(ev: &SseEvent, out: &mut BytesMut) {
+    out.reserve(ev.event.len() + ev.data.len() + 16);
+    if !ev.event.is_empty() {
+        out.put_slice(b"event: ");
+        out.put_slice(ev.event.as_bytes());
+        out.put_slice(b"\n");
+    }
+    for line in ev.data.split(|&b| b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_slice(b"\n");
+    }
+    out.put_slice(b"\n");
 }
 
 #[cfg(test)]

@@ -172,13 +172,39 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
             .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
 }
 
-/// Estimated completion tokens of an OpenAI-shaped answer (chat or text completion): its
-/// choices' text, refusals and tool-call arguments.
+/// Estimated completion tokens of an OpenAI-shaped answer (chat or text completion, or a
+/// Responses API Response passed through natively): its text, refusals and tool-call arguments.
 pub fn answer_output(body: &[u8]) -> u32 {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
     let mut tokens = 0;
+    for item in v
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for part in item
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for field in ["text", "refusal"] {
+                tokens += part
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .map_or(0, estimate_text);
+            }
+        }
+        for field in ["name", "arguments"] {
+            tokens += item
+                .get(field)
+                .and_then(Value::as_str)
+                .map_or(0, estimate_text);
+        }
+    }
     for c in v
         .get("choices")
         .and_then(Value::as_array)
@@ -278,6 +304,14 @@ mod tests {
         let text = json!({"choices": [{"text": "Hello, world!"}]});
         assert_eq!(answer_output(text.to_string().as_bytes()), 4);
         assert_eq!(answer_output(b"not json"), 0);
+        let response = json!({"object": "response", "output": [
+            {"type": "message", "content": [{"type": "output_text", "text": "Hello there friend"}]},
+            {"type": "function_call", "name": "f", "arguments": "{\"a\":1}"}]});
+        assert_eq!(
+            answer_output(response.to_string().as_bytes()),
+            estimate_text("Hello there friend") + estimate_text("f") + estimate_text("{\"a\":1}")
+        );
+        assert!(answer_output(response.to_string().as_bytes()) > 0);
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub trait Translation: Send {
     /// The encoder that writes a streamed answer in the client's format. It receives every
     /// OpenAI chunk, including the final usage chunk.
     fn encoder(self: Box<Self>) -> Box<dyn StreamEncoder>;
+    /// Whether the client's own body may go to a backend that speaks its format natively
+    /// (false when the translation resolved state only this sidecar has).
+    fn passthrough(&self) -> bool {
+        true
+    }
 }
 
 /// Per-request context a translation may need.

@@ -31,6 +31,79 @@ pub fn to_chat(body: Map<String, Value>, ctx: &Context<'_>) -> Result<Translated
     Ok((chat, Some(Box::new(pending))))
 }
 
+/// Whether `e`, returned by [`to_chat`], refuses only the translation: the request asks for
+/// something chat completions cannot express (built-in tools, OpenAI-side state such as an
+/// unknown `previous_response_id`), which a backend speaking the Responses API natively serves.
+pub fn needs_native(e: &ApiError) -> bool {
+    e.reason == request::UNTRANSLATABLE
+}
+
+/// A chat body standing in for a request that can only pass through natively: the model, the
+/// text of `instructions` and `input` as one user message (for the prompt estimate behind
+/// `maxInputTokens`, `tokensPerMinute` and routing rules), `stream`, `user`, and
+/// `max_output_tokens` as `max_completion_tokens` (for `maxTokens` and budgets).
+pub fn stand_in(body: &Map<String, Value>) -> Map<String, Value> {
+    let mut text = String::new();
+    for key in ["instructions", "input"] {
+        if let Some(v) = body.get(key) {
+            collect_text(v, &mut text);
+        }
+    }
+    let mut chat = Map::new();
+    if let Some(m) = body.get("model") {
+        chat.insert("model".into(), m.clone());
+    }
+    chat.insert(
+        "messages".into(),
+        json!([{"role": "user", "content": text}]),
+    );
+    if let Some(n) = body
+        .get("max_output_tokens")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        chat.insert("max_completion_tokens".into(), json!(n));
+    }
+    for key in ["stream", "user"] {
+        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
+            chat.insert(key.into(), v.clone());
+        }
+    }
+    chat
+}
+
+/// Appends the strings of `v` that are text a model reads (not ids, types, URLs or file bytes).
+fn collect_text(v: &Value, out: &mut String) {
+    const SKIP: &[&str] = &[
+        "type",
+        "id",
+        "call_id",
+        "role",
+        "status",
+        "detail",
+        "image_url",
+        "file_id",
+        "file_url",
+        "file_data",
+        "filename",
+        "encrypted_content",
+    ];
+    match v {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_text(i, out)),
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+            .for_each(|(_, v)| collect_text(v, out)),
+        _ => {}
+    }
+}
+
 /// `GET /v1/responses/{id}`: a response this sidecar produced and stored.
 pub fn retrieve(store: &Store, id: &str) -> Result<Bytes, ApiError> {
     match store.get(id) {
@@ -116,6 +189,9 @@ pub(crate) struct Pending {
     conversation: Vec<Arc<Value>>,
     /// Where to keep the answer (`store: true`).
     store: Option<Store>,
+    /// Whether the request refers to responses or items in this sidecar's store (it then goes
+    /// to every backend translated, history expanded: OpenAI does not know those ids).
+    local_state: bool,
 }
 
 /// How a response ended.

@@ -54,7 +54,7 @@ impl Provider for Anthropic {
         op == Op::Chat
     }
 
-    fn speaks(&self, endpoint: crate::ingress::Endpoint) -> bool {
+    fn speaks(&self, _backend: &Backend, endpoint: crate::ingress::Endpoint) -> bool {
         endpoint == crate::ingress::Endpoint::Messages
     }
 

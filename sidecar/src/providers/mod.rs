@@ -171,11 +171,18 @@ pub trait StreamDecoder: Send {
     fn usage(&self) -> Option<Usage>;
     /// Estimated completion tokens seen so far, for streams cut short.
     fn output_estimate(&self) -> u64;
+    /// After a proper end: why the stream failed, when the upstream reported the failure in-band
+    /// in the client's own format (a native `response.failed`), so the client already has it and
+    /// the relay only counts it.
+    fn failure(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A client's request in its own wire format, for backends that speak that format natively:
 /// passed through (model and limits applied) instead of translated, so every feature of the
-/// format survives (Anthropic prompt caching, thinking, betas).
+/// format survives (Anthropic prompt caching, thinking, betas; OpenAI's built-in tools and
+/// server-side conversation state on the Responses API).
 pub struct Native<'a> {
     /// The endpoint the client called.
     pub endpoint: crate::ingress::Endpoint,
@@ -187,8 +194,8 @@ pub struct Native<'a> {
 
 /// One provider's translation in both directions.
 pub trait Provider: Send + Sync {
-    /// Whether the backend speaks the format of `endpoint` natively.
-    fn speaks(&self, _endpoint: crate::ingress::Endpoint) -> bool {
+    /// Whether `backend` speaks the format of `endpoint` natively.
+    fn speaks(&self, _backend: &Backend, _endpoint: crate::ingress::Endpoint) -> bool {
         false
     }
     /// The upstream request for a native body; `max_tokens` is the limit after route limits and

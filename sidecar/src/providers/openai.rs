@@ -65,9 +65,46 @@ pub fn url(backend: &Backend, op: Op) -> String {
     }
 }
 
+/// Whether `backend` speaks OpenAI's Responses API. Only OpenAI itself: Azure serves it under
+/// other URLs and versions, and most OpenAI-compatible servers have no `/responses` (or one
+/// without built-in tools and stored state), so they get the translation, which works everywhere.
+pub fn speaks_responses(backend: &Backend) -> bool {
+    backend.provider == ProviderKind::Openai
+}
+
 impl Provider for OpenAiFamily {
     fn supports(&self, _op: Op) -> bool {
         true
+    }
+
+    fn speaks(&self, backend: &Backend, endpoint: crate::ingress::Endpoint) -> bool {
+        endpoint == crate::ingress::Endpoint::Responses && speaks_responses(backend)
+    }
+
+    fn native_request(
+        &self,
+        backend: &Backend,
+        native: &super::Native<'_>,
+        stream: bool,
+        max_tokens: Option<u32>,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let bytes = responses::body(native, &backend.model, max_tokens);
+        http_request(
+            backend,
+            format!("{}/responses", backend.base_url),
+            bytes,
+            stream,
+        )
+    }
+
+    fn native_decode(&self, backend: &Backend, body: Bytes) -> Result<Decoded, UpstreamError> {
+        responses::decode(body, backend.api_key.as_ref().map(|k| k.expose()))
+    }
+
+    fn native_stream(&self, backend: &Backend) -> Box<dyn StreamDecoder> {
+        Box::new(responses::Passthrough::new(
+            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+        ))
     }
 
     fn request(
@@ -122,62 +159,7 @@ impl Provider for OpenAiFamily {
             UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
         })?;
 
-        let uri: http::Uri = url(backend, op).parse().map_err(|e| {
-            UpstreamError::unsupported(format!(
-                "backend `{}` has an invalid URL: {e}",
-                backend.name
-            ))
-        })?;
-        let mut req = Request::new(Full::new(Bytes::from(bytes)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        h.reserve(4 + backend.headers.len());
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static(if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
-        if let Some(key) = &backend.api_key {
-            let (name, value) = if backend.provider == ProviderKind::Azure {
-                (
-                    http::HeaderName::from_static("api-key"),
-                    HeaderValue::from_str(key.expose()),
-                )
-            } else {
-                let mut v = Vec::with_capacity(7 + key.expose().len());
-                v.extend_from_slice(b"Bearer ");
-                v.extend_from_slice(key.expose().as_bytes());
-                (AUTHORIZATION, HeaderValue::from_bytes(&v))
-            };
-            let mut value = value.map_err(|_| UpstreamError {
-                class: ErrorClass::Auth,
-                status: None,
-                message: format!(
-                    "the API key of backend `{}` contains characters not allowed in a header",
-                    backend.name
-                ),
-                retry_after: None,
-                reason: "auth",
-                openai_body: None,
-            })?;
-            value.set_sensitive(true);
-            h.insert(name, value);
-        }
-        for (k, v) in &backend.headers {
-            // Names and values were validated when the route was compiled.
-            if let (Ok(k), Ok(v)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                h.insert(k, v);
-            }
-        }
-        Ok(req)
+        http_request(backend, url(backend, op), bytes, stream)
     }
 
     fn error(
@@ -232,6 +214,71 @@ impl Provider for OpenAiFamily {
             content_chunks: 0,
         })
     }
+}
+
+/// The POST to `url` with the key (Bearer, or Azure's `api-key`) and the backend's headers.
+fn http_request(
+    backend: &Backend,
+    url: String,
+    bytes: Vec<u8>,
+    stream: bool,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        UpstreamError::unsupported(format!(
+            "backend `{}` has an invalid URL: {e}",
+            backend.name
+        ))
+    })?;
+    let mut req = Request::new(Full::new(Bytes::from(bytes)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    h.reserve(4 + backend.headers.len());
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        ACCEPT,
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    if let Some(key) = &backend.api_key {
+        let (name, value) = if backend.provider == ProviderKind::Azure {
+            (
+                http::HeaderName::from_static("api-key"),
+                HeaderValue::from_str(key.expose()),
+            )
+        } else {
+            let mut v = Vec::with_capacity(7 + key.expose().len());
+            v.extend_from_slice(b"Bearer ");
+            v.extend_from_slice(key.expose().as_bytes());
+            (AUTHORIZATION, HeaderValue::from_bytes(&v))
+        };
+        let mut value = value.map_err(|_| UpstreamError {
+            class: ErrorClass::Auth,
+            status: None,
+            message: format!(
+                "the API key of backend `{}` contains characters not allowed in a header",
+                backend.name
+            ),
+            retry_after: None,
+            reason: "auth",
+            openai_body: None,
+        })?;
+        value.set_sensitive(true);
+        h.insert(name, value);
+    }
+    for (k, v) in &backend.headers {
+        // Names and values were validated when the route was compiled.
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    Ok(req)
 }
 
 impl Provider for Unsupported {
@@ -563,5 +610,6 @@ impl StreamDecoder for OpenAiStream {
     }
 }
 
+pub mod responses;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,9 @@
 //! error shapes. OpenAI (with Azure's URL shape) lives in `openai.rs`, Anthropic Messages in
 //! `anthropic.rs`, Gemini in `gemini.rs`; [`DIALECTS`] lists them.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -34,6 +37,8 @@ pub enum Op {
     GetModel,
     /// Counting a prompt's tokens (Anthropic `count_tokens`, Gemini `countTokens`).
     CountTokens,
+    /// OpenAI's Responses API (`POST /v1/responses`).
+    Responses,
 }
 
 impl Op {
@@ -46,6 +51,7 @@ impl Op {
             Op::ListModels => "list_models",
             Op::GetModel => "get_model",
             Op::CountTokens => "count_tokens",
+            Op::Responses => "responses",
         }
     }
 }
@@ -84,6 +90,43 @@ pub struct Ctx<'a> {
     pub headers: &'a HeaderMap,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// State kept between requests (stored responses).
+    pub state: &'a State,
+}
+
+/// How many stored responses the fake keeps (the oldest go first).
+pub const STORED_RESPONSES: usize = 1000;
+
+/// What the fake remembers between requests, as a provider's servers do: stored Responses API
+/// conversations, for `previous_response_id`. `/__reset` forgets it.
+#[derive(Default)]
+pub struct State {
+    responses: Mutex<VecDeque<(String, Arc<Vec<Value>>)>>,
+}
+
+impl State {
+    /// The conversation (input and output items) up to and including response `id`.
+    pub fn conversation(&self, id: &str) -> Option<Arc<Vec<Value>>> {
+        let r = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().find(|(k, _)| k == id).map(|(_, v)| v.clone())
+    }
+
+    /// Keeps the conversation of response `id`.
+    pub fn store(&self, id: String, conversation: Vec<Value>) {
+        let mut r = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() == STORED_RESPONSES {
+            r.pop_front();
+        }
+        r.push_back((id, Arc::new(conversation)));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 /// A response before pacing: one part for a whole body, one part per event for a stream.

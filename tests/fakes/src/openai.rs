@@ -637,6 +637,7 @@ impl Dialect for OpenAi {
             (&Method::POST, "/chat/completions") => ep(Op::Chat, OPENAI, None),
             (&Method::POST, "/completions") => ep(Op::Completion, OPENAI, None),
             (&Method::POST, "/embeddings") => ep(Op::Embedding, OPENAI, None),
+            (&Method::POST, "/responses") => ep(Op::Responses, OPENAI, None),
             (&Method::GET, "/models") => ep(Op::ListModels, OPENAI, None),
             (&Method::GET, m) if m.starts_with("/models/") && m.len() > 8 => {
                 ep(Op::GetModel, OPENAI, Some(&m[8..]))
@@ -646,7 +647,7 @@ impl Dialect for OpenAi {
     }
 
     fn is_stream(&self, ep: &Endpoint, body: &Value) -> bool {
-        matches!(ep.op, Op::Chat | Op::Completion)
+        matches!(ep.op, Op::Chat | Op::Completion | Op::Responses)
             && body.get("stream").and_then(Value::as_bool) == Some(true)
     }
 
@@ -675,6 +676,7 @@ impl Dialect for OpenAi {
             Op::Chat => chat(ep, body, ctx),
             Op::Completion => completion(ep, body, ctx),
             Op::Embedding => embeddings(ep, body),
+            Op::Responses => responses::answer(body, ctx),
             _ => models(ep),
         };
         with_common(r, ctx.seq)
@@ -765,6 +767,15 @@ impl Dialect for OpenAi {
                 None,
                 None,
             ),
+            Failure::ContextLength if ep.op == Op::Responses => error(
+                StatusCode::BAD_REQUEST,
+                "Your input exceeds the context window of this model. Please adjust your input and try again.",
+                "invalid_request_error",
+                Some("input"),
+                Some("context_length_exceeded"),
+            ),
+            Failure::Safety if ep.op == Op::Responses => responses::content_filtered(ctx),
+            Failure::Malformed if ep.op == Op::Responses => responses::malformed(ctx),
             Failure::ContextLength => {
                 let (param, what) = match ep.op {
                     Op::Completion => ("prompt", "prompt"),
@@ -851,6 +862,7 @@ impl Dialect for OpenAi {
         let stream = ep.op != Op::Embedding && flag(body, b"\"stream\"");
         let usage = r#"{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}"#;
         let r = match ep.op {
+            Op::Responses => responses::fast(model, stream, seq),
             Op::Chat if stream => {
                 let head = format!(
                     r#"data: {{"id":"chatcmpl-fast{seq}","object":"chat.completion.chunk","created":1700000000,"model":"{model}","choices":[{{"index":0,"delta":"#
@@ -926,5 +938,6 @@ impl Dialect for OpenAi {
     }
 }
 
+mod responses;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,7 @@ pub struct Fake {
     recorder: Recorder,
     counters: Mutex<HashMap<String, u64>>,
     hang_limit: Duration,
+    state: dialect::State,
 }
 
 impl Fake {
@@ -48,6 +49,7 @@ impl Fake {
             recorder: Recorder::default(),
             counters: Mutex::new(HashMap::new()),
             hang_limit,
+            state: dialect::State::default(),
         })
     }
 
@@ -61,6 +63,7 @@ impl Fake {
 
     fn reset(&self) {
         self.recorder.clear();
+        self.state.clear();
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -302,6 +305,7 @@ where
         options: o,
         headers: &parts.headers,
         stream,
+        state: &fake.state,
     };
     let fail = |f: Failure| whole(dialect.failure(&ep, f, &ctx));
     match effective {

@@ -58,7 +58,7 @@ async fn the_prefix_picks_the_behaviour() {
     .await;
     assert_eq!(status(&r), 400);
     assert!(r.contains("unknown fake scenario"));
-    let (r, _) = send(addr, "POST", "/v1/responses", "", CHAT, LONG).await;
+    let (r, _) = send(addr, "POST", "/v1/assistants", "", CHAT, LONG).await;
     assert_eq!(status(&r), 404);
 }
 
@@ -239,4 +239,83 @@ async fn fast_mode_answers_without_recording() {
     assert!(r.contains("chat.completion.chunk") && r.contains("data: [DONE]"));
     let (r, _) = send(addr, "GET", "/__requests", "", "", LONG).await;
     assert!(!r.contains("/s/fast/"));
+}
+
+const RESPONSES: &str = r#"{"model":"gpt-4.1","input":"hi","stream":true}"#;
+
+#[tokio::test]
+async fn the_responses_api_gets_the_same_scenarios_and_keeps_responses_until_reset() {
+    let addr = fake().await;
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/429,retry-after=1500ms/v1/responses",
+        "",
+        RESPONSES,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 429);
+    assert_eq!(header(&r, "retry-after-ms"), Some("1500"));
+    assert!(r.contains("rate_limit_exceeded"));
+    let (r, _) = send(addr, "POST", "/s/503/v1/responses", "", RESPONSES, LONG).await;
+    assert_eq!(status(&r), 503);
+
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/reset-mid-stream,after=4/v1/responses",
+        "",
+        RESPONSES,
+        LONG,
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(r.matches("event: ").count(), 4);
+    assert!(!r.contains("response.completed"));
+
+    let (r, broken) = send(
+        addr,
+        "POST",
+        "/s/hang-before-first-byte/v1/responses",
+        "",
+        RESPONSES,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(status(&r), 200);
+    assert!(!broken && !r.contains("event: "));
+
+    let (r, _) = send(
+        addr,
+        "POST",
+        "/s/ok,id=chain/v1/responses",
+        "",
+        r#"{"model":"gpt-4.1","input":"my name is Ada"}"#,
+        LONG,
+    )
+    .await;
+    let first: Value = serde_json::from_str(&common::body(&r)).unwrap();
+    let next = format!(
+        r#"{{"model":"gpt-4.1","input":"name?","previous_response_id":"{}"}}"#,
+        first["id"].as_str().unwrap()
+    );
+    let (r, _) = send(addr, "POST", "/v1/responses", "", &next, LONG).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let (r, _) = send(
+        addr,
+        "GET",
+        "/__requests?scenario=ok,id=chain",
+        "",
+        "",
+        LONG,
+    )
+    .await;
+    let log: Value = serde_json::from_str(&common::body(&r)).unwrap();
+    assert_eq!(log["data"][0]["op"], "responses");
+    assert_eq!(log["data"][0]["body"]["input"], "my name is Ada");
+    send(addr, "POST", "/__reset", "", "", LONG).await;
+    let (r, _) = send(addr, "POST", "/v1/responses", "", &next, LONG).await;
+    assert_eq!(status(&r), 400);
+    assert!(r.contains("previous_response_not_found"));
 }

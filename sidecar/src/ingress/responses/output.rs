@@ -134,4 +134,8 @@ impl Translation for Pending {
     fn encoder(self: Box<Self>) -> Box<dyn StreamEncoder> {
         Box::new(stream::Encoder::new(*self))
     }
+
+    fn passthrough(&self) -> bool {
+        !self.local_state
+    }
 }

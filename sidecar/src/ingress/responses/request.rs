@@ -29,17 +29,31 @@ fn invalid(param: impl Into<String>, message: String) -> ApiError {
     ApiError::bad_request(Some(param.into()), message)
 }
 
+/// The `reason` of refusals for what chat completions cannot express but OpenAI's Responses API
+/// can: a backend that speaks that API natively may still serve the request.
+pub(crate) const UNTRANSLATABLE: &str = "untranslatable";
+
+/// Marks `e` as a refusal of the translation only (see [`UNTRANSLATABLE`]).
+fn untranslatable(mut e: ApiError) -> ApiError {
+    e.reason = UNTRANSLATABLE;
+    e
+}
+
 fn unsupported(param: impl Into<String>, message: String) -> ApiError {
-    ApiError::bad_request(Some(param.into()), message).with_code("unsupported_value")
+    untranslatable(
+        ApiError::bad_request(Some(param.into()), message).with_code("unsupported_value"),
+    )
 }
 
 fn hosted_tool(param: String, ty: &str) -> ApiError {
     unsupported(
         param.clone(),
         format!(
-            "llmesh: {param} is OpenAI's built-in `{ty}` tool, which cannot be run by the chosen backend; \
-             llmesh serves /v1/responses through chat completions on every backend, and only OpenAI's own \
-             Responses API runs built-in tools. Remove it, or declare a `function` tool and run it in your app"
+            "llmesh: {param} is OpenAI's built-in `{ty}` tool, which cannot be run by the chosen backend: \
+             OpenAI runs built-in tools on its own servers, so only a backend that speaks the Responses API \
+             natively (provider: openai) can serve this request, and the route's others get /v1/responses \
+             translated into chat completions, which has nowhere to run them. Use a route with an OpenAI \
+             backend, or declare a `function` tool and run it in your app"
         ),
     )
 }
@@ -72,15 +86,18 @@ pub(super) fn translate(
         Some(id) => match store.get(id) {
             Some(s) => s.conversation.clone(),
             None => {
-                return Err(invalid(
-                    "previous_response_id",
-                    format!(
-                        "llmesh: previous response with id '{id}' not found. This sidecar can continue only responses it produced itself with store: true, \
-                         and keeps them in memory for a bounded number and time (--responses-store-entries, --responses-store-ttl); \
-                         send the whole conversation in `input` instead"
-                    ),
-                )
-                .with_code("previous_response_not_found"));
+                return Err(untranslatable(
+                    invalid(
+                        "previous_response_id",
+                        format!(
+                            "llmesh: previous response with id '{id}' not found. This sidecar can continue only responses it produced itself with store: true \
+                             (or, on a backend that speaks the Responses API natively, responses OpenAI stored), \
+                             and keeps them in memory for a bounded number and time (--responses-store-entries, --responses-store-ttl); \
+                             send the whole conversation in `input` instead"
+                        ),
+                    )
+                    .with_code("previous_response_not_found"),
+                ));
             }
         },
     };
@@ -252,6 +269,16 @@ pub(super) fn translate(
     put("user", present(&body, "user").unwrap_or(Value::Null));
     put("metadata", metadata);
 
+    // Ids only this sidecar knows must not reach a native backend: it would not find them.
+    let local_state = !earlier.is_empty()
+        || body
+            .get("input")
+            .and_then(Value::as_array)
+            .is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|i| i.get("type").and_then(Value::as_str) == Some("item_reference"))
+            });
     let mut conversation = earlier;
     conversation.extend(input.into_iter().map(|(_, item)| item));
     let pending = Pending {
@@ -259,6 +286,7 @@ pub(super) fn translate(
         skeleton,
         conversation,
         store: keep.then(|| store.clone()),
+        local_state,
     };
     Ok((chat, pending))
 }
@@ -266,18 +294,22 @@ pub(super) fn translate(
 /// Parameters that name OpenAI-side state or execution a gateway in front of other backends
 /// cannot provide. Refused rather than ignored: ignoring them would change the answer silently.
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), ApiError> {
-    let refuse = |key: &str, why: &str| -> Result<(), ApiError> {
-        Err(ApiError::bad_request(
+    let error = |key: &str, why: &str| {
+        ApiError::bad_request(
             Some(key.to_string()),
             format!("llmesh: {key} is not supported on /v1/responses here: {why}"),
         )
-        .with_code("unsupported_parameter"))
+        .with_code("unsupported_parameter")
     };
+    let refuse =
+        |key: &str, why: &str| -> Result<(), ApiError> { Err(untranslatable(error(key, why))) };
     if body.get("background").and_then(Value::as_bool) == Some(true) {
-        refuse(
+        // Not even natively: a background response is polled with GET /v1/responses/{id}, which
+        // the sidecar answers from its own store only.
+        return Err(error(
             "background",
             "the sidecar answers while the request is open; send it without background (stream it if it is long)",
-        )?;
+        ));
     }
     if present(body, "conversation").is_some() {
         refuse(
@@ -346,12 +378,13 @@ fn referenced(item: &Value, store: &Store, i: usize) -> Result<Value, ApiError> 
                 .cloned()
         })
         .ok_or_else(|| {
-            invalid(
+            untranslatable(invalid(
                 format!("input[{i}].id"),
                 format!(
-                    "llmesh: input[{i}] refers to item '{id}', which this sidecar does not have: it resolves references only to output items of responses it produced and still stores; send the item itself instead"
+                    "llmesh: input[{i}] refers to item '{id}', which this sidecar does not have: it resolves references only to output items of responses it produced and still stores \
+                     (a backend that speaks the Responses API natively resolves OpenAI's own); send the item itself instead"
                 ),
-            )
+            ))
         })
 }
 

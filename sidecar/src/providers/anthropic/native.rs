@@ -3,14 +3,14 @@
 //! comes back byte for byte, so prompt caching (`cache_control`), extended thinking, citations and
 //! betas all work. Usage is read on the side for cost and budgets.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::response::MessagesUsage;
 use super::stream_error;
 use crate::providers::{Chunk, Decoded, StreamDecoder, UpstreamError, Usage};
-use crate::sse::SseEvent;
+use crate::sse::{SseEvent, frame};
 
 /// The client's body with the backend's model and the effective `max_tokens`.
 pub fn body(
@@ -102,20 +102,6 @@ impl Passthrough {
             }
         }
     }
-}
-
-fn frame(ev: &SseEvent, out: &mut BytesMut) {
-    if !ev.event.is_empty() {
-        out.put_slice(b"event: ");
-        out.put_slice(ev.event.as_bytes());
-        out.put_slice(b"\n");
-    }
-    for line in ev.data.split(|&b| b == b'\n') {
-        out.put_slice(b"data: ");
-        out.put_slice(line);
-        out.put_slice(b"\n");
-    }
-    out.put_slice(b"\n");
 }
 
 impl StreamDecoder for Passthrough {

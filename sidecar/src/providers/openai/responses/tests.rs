@@ -1,0 +1,324 @@
+//! Golden fixtures under `tests/fixtures/responses_native/` (`UPDATE_GOLDEN=1` rewrites the
+//! expectations), written from OpenAI's Responses API reference:
+//! - `<case>.sse` (a whole Responses event stream) -> `<case>.expected.json`: how many events
+//!   reached the client, whether they are the upstream's bytes unchanged, how the stream ended
+//!   (a proper end, a failure reported in-band, or an error that fails over / breaks the stream),
+//!   and the usage read on the side; identical whichever way the bytes are split;
+//! - `<case>.response.json` (a Response object) -> `<case>.expected.json` (the usage).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::{Passthrough, body, decode};
+use crate::providers::{Chunk, ErrorClass, StreamDecoder, Usage};
+use crate::sse::SseParser;
+
+const KEY: &str = "sk-proj-TestKeyNotReal0123456789";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/responses_native")
+}
+
+fn cases(suffix: &str) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(fixtures())
+        .expect("fixture directory")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(suffix)?
+                .to_string();
+            Some((name, path))
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no `*{suffix}` fixtures");
+    out
+}
+
+/// Compares with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
+fn golden(path: &Path, actual: &Value) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let mut text = serde_json::to_string_pretty(actual).expect("json");
+        text.push('\n');
+        std::fs::write(path, text).expect("write golden");
+        return;
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let expected: Value = serde_json::from_str(&text).expect("golden JSON");
+    assert_eq!(
+        actual,
+        &expected,
+        "{} differs; actual:\n{}",
+        path.display(),
+        serde_json::to_string_pretty(actual).unwrap_or_default()
+    );
+}
+
+fn usage_json(u: Option<Usage>) -> Value {
+    match u {
+        None => Value::Null,
+        Some(u) => json!({
+            "prompt": u.prompt, "cached_input": u.cached_input, "cache_write": u.cache_write,
+            "output": u.output, "estimated": u.estimated,
+        }),
+    }
+}
+
+/// Feeds a whole stream to a fresh decoder in pieces of `piece` bytes (0: all at once), as the
+/// attempt loop and the relay do: events until the first error, then the end of the body.
+fn run_stream(raw: &[u8], piece: usize) -> Value {
+    let mut parser = SseParser::default();
+    let mut d = Passthrough::new(Some(KEY.into()));
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let pieces: Vec<&[u8]> = if piece == 0 {
+        vec![raw]
+    } else {
+        raw.chunks(piece).collect()
+    };
+    let mut result = Ok(());
+    'feed: for p in pieces {
+        parser.push(p, &mut events).expect("parses");
+        for ev in events.drain(..) {
+            if let Err(e) = d.event(ev, &mut out) {
+                result = Err(e);
+                break 'feed;
+            }
+        }
+    }
+    if result.is_ok() {
+        parser.finish(&mut events);
+        for ev in events.drain(..) {
+            if let Err(e) = d.event(ev, &mut out) {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = d.finish(&mut out);
+    }
+    let mut passed = Vec::new();
+    let mut frames = 0;
+    let mut done = false;
+    for c in &out {
+        match c {
+            Chunk::Data(b) => {
+                assert!(!done, "data after the end");
+                frames += 1;
+                passed.extend_from_slice(b);
+            }
+            Chunk::Done => done = true,
+        }
+    }
+    let end = match result {
+        Ok(()) => json!("ok"),
+        Err(e) => {
+            assert!(!e.message.contains(KEY), "the key leaked: {}", e.message);
+            json!({"error": {"class": format!("{:?}", e.class), "reason": e.reason, "message": e.message}})
+        }
+    };
+    json!({
+        "events_passed": frames,
+        "unchanged": passed == raw || passed.is_empty(),
+        "done": done,
+        "end": end,
+        "failure": d.failure(),
+        "usage": usage_json(d.usage()),
+        "output_estimate": d.output_estimate(),
+    })
+}
+
+#[test]
+fn golden_streams_in_any_split() {
+    for (name, path) in cases(".sse") {
+        let raw = std::fs::read(&path).expect("fixture");
+        let whole = run_stream(&raw, 0);
+        for piece in [1, 2, 3, 7, 64, 500] {
+            assert_eq!(
+                run_stream(&raw, piece),
+                whole,
+                "{name} split every {piece} bytes"
+            );
+        }
+        golden(&fixtures().join(format!("{name}.expected.json")), &whole);
+    }
+}
+
+#[test]
+fn golden_responses() {
+    for (name, path) in cases(".response.json") {
+        let raw = std::fs::read(&path).expect("fixture");
+        let d = decode(Bytes::from(raw.clone()), Some(KEY)).expect("decodes");
+        assert_eq!(
+            &d.body[..],
+            &raw[..],
+            "{name}: the body must pass unchanged"
+        );
+        golden(
+            &fixtures().join(format!("{name}.expected.json")),
+            &json!({"usage": usage_json(d.usage)}),
+        );
+    }
+}
+
+/// Sanity checks on the fixtures themselves, so the goldens cannot silently pin nonsense.
+#[test]
+fn fixtures_follow_the_documented_event_order() {
+    let raw = std::fs::read_to_string(fixtures().join("stream_text.sse")).unwrap();
+    let types: Vec<String> = raw
+        .split_terminator("\n\n")
+        .map(|e| {
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let v: Value = serde_json::from_str(data).unwrap();
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            assert_eq!(v["type"], name);
+            name.to_string()
+        })
+        .collect();
+    let mut expect = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expect.extend(std::iter::repeat_n("response.output_text.delta", 9));
+    expect.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(types, expect);
+}
+
+#[test]
+fn usage_comes_from_the_terminal_event_with_cached_tokens_apart() {
+    let raw = std::fs::read(fixtures().join("stream_text.sse")).unwrap();
+    let v = run_stream(&raw, 0);
+    assert_eq!(v["usage"]["prompt"], 1200);
+    assert_eq!(v["usage"]["cached_input"], 1024);
+    assert_eq!(v["usage"]["output"], 37);
+    assert_eq!(v["end"], "ok");
+    assert_eq!(v["unchanged"], true);
+    let u = decode(
+        Bytes::from(std::fs::read(fixtures().join("resp_text.response.json")).unwrap()),
+        None,
+    )
+    .unwrap()
+    .usage
+    .unwrap();
+    assert_eq!(
+        (u.prompt, u.cached_input, u.uncached_input(), u.output),
+        (1200, 1024, 176, 37)
+    );
+}
+
+#[test]
+fn a_stream_without_a_terminal_event_is_broken() {
+    let raw = std::fs::read(fixtures().join("stream_cut.sse")).unwrap();
+    let v = run_stream(&raw, 0);
+    assert_eq!(v["end"]["error"]["reason"], "stream_cut");
+    assert_eq!(v["usage"], Value::Null);
+    assert!(v["events_passed"].as_u64().unwrap() > 2);
+}
+
+#[test]
+fn failures_before_the_first_output_fail_over_and_after_it_pass_through() {
+    let early = run_stream(
+        &std::fs::read(fixtures().join("stream_failed_early.sse")).unwrap(),
+        0,
+    );
+    assert_eq!(early["events_passed"], 0);
+    assert_eq!(early["end"]["error"]["class"], "Retryable");
+    let rate = run_stream(
+        &std::fs::read(fixtures().join("stream_error_early.sse")).unwrap(),
+        0,
+    );
+    assert_eq!(rate["end"]["error"]["reason"], "status_429");
+    let late = run_stream(
+        &std::fs::read(fixtures().join("stream_failed_late.sse")).unwrap(),
+        0,
+    );
+    assert_eq!(
+        (&late["end"], &late["failure"], &late["unchanged"]),
+        (&json!("ok"), &json!("response_failed"), &json!(true))
+    );
+    let late = run_stream(
+        &std::fs::read(fixtures().join("stream_error_late.sse")).unwrap(),
+        0,
+    );
+    assert_eq!(
+        (&late["end"], &late["failure"], &late["done"]),
+        (&json!("ok"), &json!("stream_error"), &json!(false))
+    );
+}
+
+#[test]
+fn a_context_window_error_in_the_stream_falls_back_to_a_larger_window() {
+    let raw = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{}}\n\n\
+               event: error\ndata: {\"type\":\"error\",\"sequence_number\":1,\"code\":\"context_length_exceeded\",\"message\":\"Your input exceeds the context window of this model.\",\"param\":\"input\"}\n\n";
+    let v = run_stream(raw.as_bytes(), 0);
+    assert_eq!(
+        v["end"]["error"]["class"],
+        format!("{:?}", ErrorClass::ContextWindow)
+    );
+}
+
+#[test]
+fn a_failed_response_fails_over_like_an_early_response_failed() {
+    let body = json!({"id": "resp_1", "object": "response", "status": "failed", "output": [],
+                      "error": {"code": "server_error", "message": format!("boom for {KEY}")},
+                      "usage": null});
+    let e = decode(Bytes::from(body.to_string()), Some(KEY)).unwrap_err();
+    assert_eq!(
+        (e.class, e.reason),
+        (ErrorClass::Retryable, "response_failed")
+    );
+    assert!(!e.message.contains(KEY), "{}", e.message);
+    assert!(e.message.starts_with("server_error: boom for"));
+}
+
+#[test]
+fn a_malformed_first_event_fails_over() {
+    let raw = "event: response.created\ndata: {\"type\":\"response.created\",\"respon\n\n";
+    let v = run_stream(raw.as_bytes(), 0);
+    assert_eq!(v["end"]["error"]["reason"], "malformed");
+    assert!(decode(Bytes::from_static(b"{\"id\":\"resp_1\",\"usa"), None).is_err());
+}
+
+#[test]
+fn the_body_keeps_everything_but_the_model_and_the_limit() {
+    let b: Map<String, Value> = serde_json::from_value(json!({
+        "model": "chat", "input": "hi", "max_output_tokens": 9000,
+        "tools": [{"type": "web_search"}], "previous_response_id": "resp_abc",
+        "store": false, "include": ["reasoning.encrypted_content"],
+        "reasoning": {"effort": "high", "summary": "auto"}, "conversation": "conv_1",
+    }))
+    .unwrap();
+    let native = crate::providers::Native {
+        endpoint: crate::ingress::Endpoint::Responses,
+        body: &b,
+        headers: &[],
+    };
+    let out: Value = serde_json::from_slice(&body(&native, "gpt-4.1", Some(4096))).unwrap();
+    let mut expect = Value::Object(b.clone());
+    expect["model"] = json!("gpt-4.1");
+    expect["max_output_tokens"] = json!(4096);
+    assert_eq!(out, expect);
+    // Under the limit, or without one, the client's value stays.
+    let out: Value = serde_json::from_slice(&body(&native, "gpt-4.1", None)).unwrap();
+    assert_eq!(out["max_output_tokens"], 9000);
+    let mut small = b.clone();
+    small.insert("max_output_tokens".into(), json!(100));
+    let native = crate::providers::Native {
+        body: &small,
+        ..native
+    };
+    let out: Value = serde_json::from_slice(&body(&native, "gpt-4.1", Some(4096))).unwrap();
+    assert_eq!(out["max_output_tokens"], 100);
+}

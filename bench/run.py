@@ -338,11 +338,11 @@ def report(res):
             v = get(r) if r else None
             if v is not None:
                 added[t] = v - get(base)
-            cells.append("-" if v is None else f"{v} ({added[t]:+})")
+            cells.append("-" if v is None else f"{v:g} ({added[t]:+g})")
         if ratio:
             a, b = added.get("litellm"), added.get("llmesh")
             cells.append(f"{a / b:.0f}x" if a is not None and b and b > 0 else "-")
-        lines.append(f"| {scn} | {label} | {get(base)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {scn} | {label} | {get(base):g} | " + " | ".join(cells) + " |")
 
     for scn in ("c1-plain", "c1-plain-1cpu", "rate100-plain", "rate1000-plain", "rate5000-plain"):
         row(scn, "p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
@@ -357,7 +357,7 @@ def report(res):
     lines.append("")
     if "max_rate_p99_1ms" in res:
         lines.append("Highest open-loop rate with p99 under 1 ms: " + ", ".join(
-            f"{t} {v['rate'] if v else 'none tried'} requests/s" for t, v in res["max_rate_p99_1ms"].items()) + ".")
+            f"{t} {v['rate'] if v else 'below the lowest step tried'} requests/s" for t, v in res["max_rate_p99_1ms"].items()) + ".")
         lines.append("")
     lines.append("| target | idle RSS MiB | RSS at 1,000 req/s MiB | CPU s per 1,000 requests (1,000 req/s) |")
     lines.append("|---|---|---|---|")

@@ -82,6 +82,7 @@ struct Stats {
     latency: Histogram<u64>,
     ttfb: Histogram<u64>,
     gap: Histogram<u64>,
+    lag: Histogram<u64>,
     errors: u64,
     chunks: u64,
 }
@@ -93,6 +94,7 @@ impl Stats {
             latency: h(),
             ttfb: h(),
             gap: h(),
+            lag: h(),
             errors: 0,
             chunks: 0,
         }
@@ -227,17 +229,38 @@ async fn run(args: Rc<Args>) -> serde_json::Value {
         }
         Mode::Open { rate } => {
             let interval = Duration::from_nanos(1_000_000_000 / (*rate).max(1));
-            let mut due = start;
+            // The schedule comes from a thread of its own (tokio's timer has millisecond
+            // granularity). Latency is measured from when a request is sent; how late it was
+            // sent against the schedule is recorded as `lag_us`, so a generator that falls
+            // behind (and would hide latency: coordinated omission) shows in the results.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let (start_std, end_std) = (start.into_std(), end.into_std());
+            std::thread::spawn(move || {
+                let mut due = start_std;
+                while due < end_std {
+                    let now = std::time::Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if tx.send(Instant::from_std(due)).is_err() {
+                        break;
+                    }
+                    due += interval;
+                }
+            });
             let mut tasks = Vec::new();
-            while due < end {
-                tokio::time::sleep_until(due).await;
+            while let Some(due) = rx.recv().await {
                 let (client, args, body, stats) =
                     (client.clone(), args.clone(), body.clone(), stats.clone());
                 let record = due >= measure_from;
                 tasks.push(tokio::task::spawn_local(async move {
-                    one(&client, &args, &body, due, record, &stats).await;
+                    let sent = Instant::now();
+                    if record {
+                        let lag = sent.duration_since(due).as_micros().max(1) as u64;
+                        let _ = stats.borrow_mut().lag.record(lag);
+                    }
+                    one(&client, &args, &body, sent, record, &stats).await;
                 }));
-                due += interval;
             }
             for t in tasks {
                 let _ = t.await;
@@ -259,6 +282,7 @@ async fn run(args: Rc<Args>) -> serde_json::Value {
         "latency_us": pct(&s.latency),
         "ttfb_us": pct(&s.ttfb),
         "chunk_gap_us": pct(&s.gap),
+        "lag_us": pct(&s.lag),
         "chunks_per_request": if n > 0 { s.chunks as f64 / n as f64 } else { 0.0 },
     })
 }

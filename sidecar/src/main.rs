@@ -253,7 +253,14 @@ fn main() -> ExitCode {
             args.watch_interval,
             files,
         ));
-        server::serve(app, listener, shutdown_signal(), args.shutdown_grace).await;
+        server::serve(
+            app.clone(),
+            listener,
+            shutdown_signal(),
+            args.shutdown_grace,
+        )
+        .await;
+        app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS
     })
 }
@@ -340,7 +347,8 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
             "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
         );
         tokio::spawn(operator_client::run(app.clone(), source, version));
-        server::serve(app, listener, shutdown_signal(), grace).await;
+        server::serve(app.clone(), listener, shutdown_signal(), grace).await;
+        app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS
     })
 }

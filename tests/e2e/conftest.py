@@ -136,7 +136,9 @@ class Sidecar:
         self.config = workdir / "routes.yaml"
         self.config.write_text(config)
         self.port = free_port()
-        cmd = [binary("llmesh-sidecar"), "--config", str(self.config), "--access-log", "off"]
+        cmd = [binary("llmesh-sidecar"), "--config", str(self.config)]
+        if "--access-log" not in (args or []):
+            cmd += ["--access-log", "off"]
         if listen == "auto":
             cmd += ["--listen", f"127.0.0.1:{self.port}"]
         elif listen is not None:

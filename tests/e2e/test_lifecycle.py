@@ -3,6 +3,7 @@ loopback-only default listener."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Sidecar, binary, dump, route, upstream
+from conftest import FAKE_KEY, Sidecar, binary, dump, route, upstream
 
 USER = [{"role": "user", "content": "hello"}]
 
@@ -158,3 +159,32 @@ def test_refuses_a_public_listener_without_client_keys(fake, tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert p.returncode != 0
     assert "refusing to listen on 0.0.0.0:0 without client API keys" in p.stderr
+
+
+def test_access_log_has_one_line_per_request_and_no_prompt_or_key(fake, start_sidecar):
+    backend = {"name": "primary", "provider": "openai", "model": "gpt-4o-mini-2024-07-18",
+               "baseUrl": fake.url("ok"), "secretRef": {"name": "fake", "key": "api-key"}}
+    s = start_sidecar(dump([route("chat", [backend])]), args=["--access-log", "on"])
+    client = s.client()
+    secret = [{"role": "user", "content": "the launch code is PURPLE-OCTOPUS-42"}]
+    plain = client.chat.completions.with_raw_response.create(model="chat", messages=secret, user="user-7")
+    for _ in client.chat.completions.create(model="chat", messages=secret, stream=True):
+        pass
+    with pytest.raises(Exception):
+        client.chat.completions.create(model="no-such-model", messages=secret)
+    # Lines are written in batches; SIGTERM flushes what is queued before the process exits.
+    assert s.stop() == 0
+    text = s.stdout_path.read_text()
+    access = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert [a["log"] for a in access] == ["access"] * 3, text
+    first, stream, missing = access
+    assert first["request_id"] == plain.headers["x-request-id"]
+    assert (first["route"], first["backend"], first["provider"]) == ("chat", "primary", "openai")
+    assert (first["status"], first["stream"], first["path"]) == (200, False, "/v1/chat/completions")
+    assert first["input_tokens"] > 0 and first["output_tokens"] > 0
+    assert first["cost_usd"] == plain.headers["x-llmesh-cost-usd"]
+    assert stream["stream"] is True and stream["status"] == 200 and stream["output_tokens"] > 0
+    assert missing["status"] == 404 and missing["model"] == "no-such-model"
+    # Never the prompt, the provider key, or who asked.
+    for secret_text in ("PURPLE-OCTOPUS", FAKE_KEY, "user-7"):
+        assert secret_text not in text

@@ -192,6 +192,25 @@ pub struct Native<'a> {
     pub headers: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
+/// A native body as sent upstream: the client's, with the backend's model and the token limit
+/// `field` no larger than `max_tokens` (the route's and budgets' limit).
+pub(crate) fn native_body(
+    native: &Native<'_>,
+    model: &str,
+    field: &str,
+    max_tokens: Option<u32>,
+) -> Vec<u8> {
+    let mut b = native.body.clone();
+    b.insert("model".into(), Value::String(model.to_string()));
+    if let Some(limit) = max_tokens {
+        let asked = b.get(field).and_then(Value::as_u64);
+        if asked.is_none_or(|a| a > u64::from(limit)) {
+            b.insert(field.into(), Value::from(limit));
+        }
+    }
+    serde_json::to_vec(&b).unwrap_or_default()
+}
+
 /// One provider's translation in both directions.
 pub trait Provider: Send + Sync {
     /// Whether `backend` speaks the format of `endpoint` natively.

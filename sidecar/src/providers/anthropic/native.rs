@@ -5,7 +5,6 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::response::MessagesUsage;
 use super::stream_error;
@@ -18,15 +17,7 @@ pub fn body(
     model: &str,
     max_tokens: Option<u32>,
 ) -> Vec<u8> {
-    let mut b = native.body.clone();
-    b.insert("model".into(), Value::String(model.to_string()));
-    if let Some(limit) = max_tokens {
-        let asked = b.get("max_tokens").and_then(Value::as_u64);
-        if asked.is_none_or(|a| a > u64::from(limit)) {
-            b.insert("max_tokens".into(), Value::from(limit));
-        }
-    }
-    serde_json::to_vec(&b).unwrap_or_default()
+    crate::providers::native_body(native, model, "max_tokens", max_tokens)
 }
 
 #[derive(Deserialize)]
@@ -168,6 +159,7 @@ impl StreamDecoder for Passthrough {
 mod tests {
     use super::*;
     use crate::sse::SseParser;
+    use serde_json::Value;
 
     const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-20250514\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":1000,\"cache_creation_input_tokens\":0,\"output_tokens\":1}}}\n\n\
 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\

@@ -7,7 +7,6 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::providers::{Chunk, Decoded, ErrorClass, StreamDecoder, UpstreamError, Usage, redact};
 use crate::sse::{SseEvent, frame};
@@ -19,15 +18,7 @@ pub fn body(
     model: &str,
     max_tokens: Option<u32>,
 ) -> Vec<u8> {
-    let mut b = native.body.clone();
-    b.insert("model".into(), Value::String(model.to_string()));
-    if let Some(limit) = max_tokens {
-        let asked = b.get("max_output_tokens").and_then(Value::as_u64);
-        if asked.is_none_or(|a| a > u64::from(limit)) {
-            b.insert("max_output_tokens".into(), Value::from(limit));
-        }
-    }
-    serde_json::to_vec(&b).unwrap_or_default()
+    crate::providers::native_body(native, model, "max_output_tokens", max_tokens)
 }
 
 /// Usage as the Responses API reports it. `input_tokens` includes the cached ones.

@@ -407,7 +407,7 @@ pub async fn create_routes(api: &Api<LLMRoute>, r: usize, concurrency: usize) ->
         .await
 }
 
-/// How many of the routes in `api`'s namespace report `readySidecars == n` and `Ready=True`
+/// How many of the routes in `api`'s namespace report `readySidecars >= n` and `Ready=True`
 /// for their current generation, and how many routes there are.
 pub async fn routes_ready(api: &Api<LLMRoute>, n: usize) -> Result<(usize, usize)> {
     let list = api.list(&Default::default()).await?;
@@ -418,7 +418,7 @@ pub async fn routes_ready(api: &Api<LLMRoute>, n: usize) -> Result<(usize, usize
         .filter(|r| {
             let Some(s) = &r.status else { return false };
             s.observed_generation == r.metadata.generation
-                && s.ready_sidecars == Some(n as i32)
+                && s.ready_sidecars.is_some_and(|r| r >= n as i32)
                 && s.conditions
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True")

@@ -67,6 +67,11 @@ struct Args {
     /// Length of the idle measurements (after connecting, and at scale).
     #[arg(long, default_value = "10s", value_parser = duration)]
     idle: Duration,
+    /// Extra polls per second from one more pod, each abandoned before its hold ends, as other
+    /// sidecars' re-polls arrive all the time in a large cluster (1,000 sidecars polling every
+    /// 30 s make 33/s). 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    background_polls: f64,
     /// API calls in flight while creating pods, tokens and routes.
     #[arg(long, default_value_t = 32)]
     api_concurrency: usize,
@@ -216,10 +221,13 @@ async fn measure(
 
     // --- pods and tokens --------------------------------------------------------------------
     let t = Instant::now();
-    let pods = cluster::create_pods(client, &ns, n, args.api_concurrency).await?;
+    // One more pod for the background polls, if any: the last one.
+    let extra = usize::from(args.background_polls > 0.0);
+    let pods = cluster::create_pods(client, &ns, n + extra, args.api_concurrency).await?;
     let pods_s = t.elapsed();
     let t = Instant::now();
-    let tokens = cluster::pod_tokens(client, &ns, &pods, args.api_concurrency).await?;
+    let mut tokens = cluster::pod_tokens(client, &ns, &pods, args.api_concurrency).await?;
+    let background_token = if extra > 0 { tokens.pop() } else { None };
     let tokens_s = t.elapsed();
     println!(
         "setup: {n} pods in {:.2?}, {n} Pod-bound tokens in {:.2?}",
@@ -258,6 +266,9 @@ async fn measure(
         connect.p50,
         connect.p99
     );
+
+    let background = background_token
+        .map(|token| sidecars::background_polls(&target, token, args.background_polls));
 
     let meter = Meter::start("idle", &procs, op).await;
     tracker.pump_for(args.idle).await;
@@ -354,6 +365,9 @@ async fn measure(
             "snapshot_bytes": size,
             "status": status,
         });
+    }
+    if let Some(b) = background {
+        b.abort();
     }
     fleet.stop().await;
 
@@ -464,6 +478,7 @@ async fn measure(
             "pause_ms": ms(args.pause),
             "idle_s": args.idle.as_secs_f64(),
             "api_concurrency": args.api_concurrency,
+            "background_polls_per_s": args.background_polls,
         },
         "setup": {
             "operator_ready_s": round3(op.startup.as_secs_f64()),

@@ -305,6 +305,53 @@ async fn poll(
     }
 }
 
+/// Polls at `per_second` from one more pod, each abandoned after 10 ms (before the hold ends),
+/// the way other sidecars' polls keep arriving in a large cluster (each sidecar polls at least
+/// every 30 s). Runs until the returned task is aborted.
+pub fn background_polls(
+    target: &Target,
+    token: String,
+    per_second: f64,
+) -> tokio::task::JoinHandle<()> {
+    let target = target.clone();
+    tokio::spawn(async move {
+        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return;
+        };
+        auth.set_sensitive(true);
+        let host = HeaderValue::from_str(&target.addr.to_string()).expect("an address is a header");
+        let version = Arc::new(parking_lot::Mutex::new(String::new()));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (target, auth, host, version) =
+                (target.clone(), auth.clone(), host.clone(), version.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = connect(&target).await else {
+                    return;
+                };
+                let v = version.lock().clone();
+                let req = Request::get(snapshot_query(Some(&v)))
+                    .header(HOST, host)
+                    .header(AUTHORIZATION, auth)
+                    .body(Empty::new())
+                    .expect("a valid request");
+                // Dropping the connection ends the poll on the operator's side.
+                if let Ok(Ok(resp)) =
+                    tokio::time::timeout(Duration::from_millis(10), s.send_request(req)).await
+                    && let Some(v) = resp
+                        .headers()
+                        .get(VERSION_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                {
+                    *version.lock() = v.to_string();
+                }
+            });
+        }
+    })
+}
+
 /// Counts of answers over a window.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Pushes {

@@ -37,7 +37,8 @@ pub(super) fn for_pod(
     if let Some(p) = st.assembled.get(&key) {
         return p.clone();
     }
-    let route_keys: Vec<super::Key> = routes.iter().map(|(k, _, _)| (*k).clone()).collect();
+    let route_keys: Vec<(super::Key, u64)> =
+        routes.iter().map(|(k, _, s)| ((*k).clone(), *s)).collect();
     let route_values: Vec<Route> = routes.iter().map(|(_, r, _)| Route::clone(r)).collect();
     let budget_values: Vec<Budget> = budgets.iter().map(|(b, _)| Budget::clone(b)).collect();
     let snapshot = match assemble(route_values.clone(), budget_values) {

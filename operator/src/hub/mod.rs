@@ -44,8 +44,8 @@ pub struct Published {
     pub version: String,
     /// The snapshot as JSON.
     pub body: Bytes,
-    /// The routes in it.
-    pub routes: Vec<Key>,
+    /// The routes in it, each with the compile sequence number it was assembled from.
+    pub routes: Vec<(Key, u64)>,
 }
 
 /// Who a sidecar is, from its verified token.
@@ -235,6 +235,7 @@ impl Hub {
                     namespace: id.namespace.clone(),
                     name: id.pod.clone(),
                     tx: watch::channel(Some(published)).0,
+                    previous: None,
                     serving: String::new(),
                     polls: 0,
                     last_seen: now,
@@ -427,11 +428,10 @@ impl Hub {
             };
             let labels = meta.metadata.labels.clone().unwrap_or_default();
             let published = assemble::for_pod(&mut st, &self.metrics, &ns, &labels);
-            let entry = st.pods.get(&uid).expect("listed above");
-            let current = entry.tx.borrow().as_ref().map(|p| p.version.clone());
-            if current.as_deref() != Some(published.version.as_str()) {
-                entry.tx.send_replace(Some(published));
-            }
+            st.pods
+                .get_mut(&uid)
+                .expect("listed above")
+                .publish(published);
         }
         for uid in gone {
             // Dropping the sender ends the pod's open polls.

@@ -101,6 +101,9 @@ pub(super) struct PodEntry {
     pub namespace: String,
     pub name: String,
     pub tx: watch::Sender<Option<Arc<Published>>>,
+    /// The snapshot sent before the one in `tx` that the sidecar serves, kept while it fetches
+    /// the new one: the routes that did not change are still served at their latest compile.
+    pub previous: Option<Arc<Published>>,
     /// The version the sidecar said it serves on its last poll.
     pub serving: String,
     /// Polls open now.
@@ -111,6 +114,30 @@ pub(super) struct PodEntry {
 impl PodEntry {
     fn connected(&self, now: Instant, grace: Duration) -> bool {
         self.polls > 0 || now.duration_since(self.last_seen) < grace
+    }
+
+    /// Hands `published` to the pod's polls if its version differs from the current one
+    /// (only then do they wake), keeping the snapshot the sidecar serves as `previous`.
+    pub fn publish(&mut self, published: Arc<Published>) {
+        let current = self.tx.borrow().clone();
+        if current.as_ref().map(|p| p.version.as_str()) == Some(published.version.as_str()) {
+            return;
+        }
+        let previous = self.previous.take();
+        self.previous = [current, previous]
+            .into_iter()
+            .flatten()
+            .find(|p| p.version == self.serving);
+        self.tx.send_replace(Some(published));
+    }
+
+    /// The snapshot the sidecar serves, if the hub still knows it.
+    fn served(&self, current: &Arc<Published>) -> Option<Arc<Published>> {
+        if self.serving == current.version {
+            Some(current.clone())
+        } else {
+            self.previous.clone().filter(|p| p.version == self.serving)
+        }
     }
 }
 
@@ -191,19 +218,39 @@ impl State {
     }
 
     /// Counts, per route, connected sidecars whose snapshot has it and those already serving
-    /// that snapshot. Returns the routes whose counts changed.
+    /// its latest compile (a sidecar still fetching a snapshot in which only other routes
+    /// changed serves this one). Returns the routes whose counts changed.
+    ///
+    /// Pods that have the same snapshot and serve the same one count alike, so the work is per
+    /// distinct pair (a handful during a rollout), not per pod times routes.
     pub fn recount(&mut self, now: Instant, grace: Duration) -> BTreeSet<Key> {
-        let mut counts: HashMap<Key, Rollout> = HashMap::new();
+        type Group = (Arc<Published>, Option<Arc<Published>>, u32);
+        let mut groups: HashMap<(*const Published, *const Published), Group> = HashMap::new();
         for p in self.pods.values().filter(|p| p.connected(now, grace)) {
-            let Some(published) = p.tx.borrow().clone() else {
+            let Some(current) = p.tx.borrow().clone() else {
                 continue;
             };
-            let ready = p.serving == published.version;
-            for key in &published.routes {
-                let c = counts.entry(key.clone()).or_default();
-                c.total += 1;
-                if ready {
-                    c.ready += 1;
+            let served = p.served(&current);
+            let id = (
+                Arc::as_ptr(&current),
+                served.as_ref().map_or(std::ptr::null(), Arc::as_ptr),
+            );
+            groups.entry(id).or_insert_with(|| (current, served, 0)).2 += 1;
+        }
+        let mut counts: HashMap<Key, Rollout> = HashMap::new();
+        for (current, served, pods) in groups.into_values() {
+            let all = served
+                .as_ref()
+                .is_some_and(|s| s.version == current.version);
+            let fresh: BTreeSet<&(Key, u64)> = match &served {
+                Some(s) if !all => s.routes.iter().collect(),
+                _ => BTreeSet::new(),
+            };
+            for route in &current.routes {
+                let c = counts.entry(route.0.clone()).or_default();
+                c.total += pods;
+                if all || fresh.contains(route) {
+                    c.ready += pods;
                 }
             }
         }

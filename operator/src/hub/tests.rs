@@ -71,7 +71,7 @@ fn a_pod_gets_the_served_routes_of_its_namespace_that_select_it() {
     );
 
     let web = for_pod(&mut st, &m, "team", &labels(&[("app", "web")]));
-    let names: Vec<&str> = web.routes.iter().map(|(_, n)| n.as_str()).collect();
+    let names: Vec<&str> = web.routes.iter().map(|((_, n), _)| n.as_str()).collect();
     assert_eq!(
         names,
         ["chat", "web-only"],
@@ -81,7 +81,7 @@ fn a_pod_gets_the_served_routes_of_its_namespace_that_select_it() {
     assert!(!body.contains("elsewhere") && !body.contains("broken"));
 
     let api = for_pod(&mut st, &m, "team", &labels(&[("app", "api")]));
-    let names: Vec<&str> = api.routes.iter().map(|(_, n)| n.as_str()).collect();
+    let names: Vec<&str> = api.routes.iter().map(|((_, n), _)| n.as_str()).collect();
     assert_eq!(names, ["chat"]);
     assert_ne!(web.version, api.version);
 }
@@ -141,6 +141,7 @@ fn connect(st: &mut State, uid: &str, published: Arc<super::Published>, serving:
             namespace: "team".into(),
             name: uid.into(),
             tx: watch::channel(Some(published)).0,
+            previous: None,
             serving: serving.into(),
             polls,
             last_seen: Instant::now(),
@@ -172,4 +173,72 @@ fn rollouts_count_connected_sidecars_and_those_serving_the_latest() {
     st.recount(Instant::now(), Duration::from_secs(10));
     let r = st.rollouts[&key];
     assert_eq!((r.ready, r.total), (1, 1));
+}
+
+#[test]
+fn a_sidecar_fetching_an_edit_of_one_route_still_serves_the_others() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    let grace = Duration::from_secs(10);
+    add_route(&mut st, "team", "chat", CHAT);
+    add_route(
+        &mut st,
+        "team",
+        "other",
+        &CHAT.replace("model: m", "model: o"),
+    );
+    let before = for_pod(&mut st, &m, "team", &labels(&[]));
+    for i in 0..1000 {
+        connect(
+            &mut st,
+            &format!("pod-{i}"),
+            before.clone(),
+            &before.version,
+            1,
+        );
+    }
+    st.recount(Instant::now(), grace);
+    let chat = ("team".to_string(), "chat".to_string());
+    let other = ("team".to_string(), "other".to_string());
+    assert_eq!(st.rollouts[&chat].ready, 1000);
+
+    // `chat` is edited: every pod gets a new snapshot; none has fetched it yet.
+    add_route(
+        &mut st,
+        "team",
+        "chat",
+        &CHAT.replace("model: m", "model: m2"),
+    );
+    let after = for_pod(&mut st, &m, "team", &labels(&[]));
+    assert_ne!(after.version, before.version);
+    for p in st.pods.values_mut() {
+        p.publish(after.clone());
+    }
+    let changed = st.recount(Instant::now(), grace);
+    assert!(
+        changed.len() == 1 && changed.contains(&chat),
+        "only the edited route's rollout moves, so only its status is written: {changed:?}"
+    );
+    let r = st.rollouts[&chat];
+    assert_eq!((r.ready, r.total), (0, 1000));
+    let r = st.rollouts[&other];
+    assert_eq!((r.ready, r.total), (1000, 1000));
+
+    // Half the sidecars have it.
+    for i in 0..500 {
+        st.pods.get_mut(&format!("pod-{i}")).unwrap().serving = after.version.clone();
+    }
+    st.recount(Instant::now(), grace);
+    assert_eq!(st.rollouts[&chat].ready, 500);
+    assert_eq!(st.rollouts[&other].ready, 1000);
+
+    // Publishing the same version again changes nothing; a sidecar serving something the hub
+    // no longer knows serves nothing.
+    let p = st.pods.get_mut("pod-999").unwrap();
+    p.publish(after.clone());
+    assert_eq!(p.previous.as_ref().unwrap().version, before.version);
+    p.serving = "gone".into();
+    st.recount(Instant::now(), grace);
+    let (c, o) = (st.rollouts[&chat], st.rollouts[&other]);
+    assert_eq!((c.ready, c.total, o.ready, o.total), (500, 1000, 999, 1000));
 }

@@ -96,6 +96,8 @@ struct Triggers {
 /// How long after its last poll a sidecar still counts as connected: it polls again right
 /// after each answer, so a few seconds of silence mean it is gone.
 const CONNECTED_GRACE: Duration = Duration::from_secs(10);
+/// How long polls are gathered into one rollout count.
+const RECOUNT_BATCH: Duration = Duration::from_millis(100);
 /// Pods silent for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
 
@@ -144,10 +146,16 @@ impl Hub {
             tokio::select! {
                 () = self.changed.notified() => {}
                 () = self.recount.notified() => {
-                    // Batch the polls of a rollout into one count.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.recount_rollouts();
-                    continue;
+                    // Batch the polls of a rollout into one count, but never make a change
+                    // wait for the batch: the recompute counts too. (Polls arrive all the
+                    // time with many sidecars, so a plain sleep here delayed most edits.)
+                    tokio::select! {
+                        () = tokio::time::sleep(RECOUNT_BATCH) => {
+                            self.recount_rollouts();
+                            continue;
+                        }
+                        () = self.changed.notified() => {}
+                    }
                 }
                 () = tokio::time::sleep(Duration::from_secs(15)) => {}
             }

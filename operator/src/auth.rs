@@ -4,7 +4,10 @@
 //!
 //! Reviews are cached for a minute per token, so a fleet of sidecars re-polling every 30 s
 //! costs the API server one review per sidecar per minute; a token the kubelet rotates is a new
-//! key and is reviewed afresh. Tokens are never logged.
+//! key and is reviewed afresh. At most [`MAX_REVIEWS_IN_FLIGHT`] reviews run at once: the
+//! client speaks HTTP/1.1, so every review in flight is a connection to the API server, and a
+//! fleet connecting at once (an operator restart) would otherwise open one per sidecar and keep
+//! them in the pool. Tokens are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,9 @@ use crate::metrics::Metrics;
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const CACHE_FOR: Duration = Duration::from_secs(60);
+/// TokenReviews in flight at most; polls beyond wait for a slot (and find the cache filled if
+/// another poll with the same token got there first).
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 16;
 /// Expired entries are swept when the cache doubles since the last sweep, so it stays near
 /// the number of connected sidecars whatever the token rotation.
 const FIRST_SWEEP: usize = 1024;
@@ -42,6 +48,7 @@ pub struct Authenticator {
     client: Client,
     metrics: Arc<Metrics>,
     cache: Mutex<Cache>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -60,6 +67,7 @@ impl Authenticator {
                 reviewed: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
             }),
+            in_flight: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -74,10 +82,16 @@ impl Authenticator {
                     "missing `Authorization: Bearer <token>`: send the pod's projected service-account token (audience llmesh)".into(),
                 )
             })?;
-        if let Some((id, at)) = self.cache.lock().reviewed.get(token)
-            && at.elapsed() < CACHE_FOR
-        {
-            return Ok(id.clone());
+        if let Some(id) = self.cached(token) {
+            return Ok(id);
+        }
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Unavailable("the operator is shutting down".into()))?;
+        if let Some(id) = self.cached(token) {
+            return Ok(id);
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -128,6 +142,15 @@ impl Authenticator {
                     .inc();
                 Err(e)
             }
+        }
+    }
+}
+
+impl Authenticator {
+    fn cached(&self, token: &str) -> Option<PodIdentity> {
+        match self.cache.lock().reviewed.get(token) {
+            Some((id, at)) if at.elapsed() < CACHE_FOR => Some(id.clone()),
+            _ => None,
         }
     }
 }
@@ -216,6 +239,75 @@ mod tests {
                 uid: "uid-1".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn reviews_in_flight_are_bounded() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicUsize::new(0));
+        let (n, p, t) = (now.clone(), peak.clone(), total.clone());
+        // An API server that takes 10 ms per TokenReview and binds each token to a pod of
+        // the same name.
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (n, p, t) = (n.clone(), p.clone(), t.clone());
+            async move {
+                p.fetch_max(n.fetch_add(1, SeqCst) + 1, SeqCst);
+                t.fetch_add(1, SeqCst);
+                let body = req.into_body().collect().await?.to_bytes();
+                let review: TokenReview = serde_json::from_slice(&body)?;
+                let token = review.spec.token.unwrap_or_default();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                n.fetch_sub(1, SeqCst);
+                let answer = serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "spec": {},
+                    "status": {
+                        "authenticated": true,
+                        "audiences": ["llmesh"],
+                        "user": {
+                            "username": "system:serviceaccount:team:default",
+                            "extra": {POD_NAME: [token], POD_UID: ["uid"]},
+                        },
+                    },
+                });
+                let body = kube::client::Body::from(serde_json::to_vec(&answer)?);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(body))
+            }
+        });
+        let auth = Arc::new(Authenticator::new(
+            Client::new(service, "default"),
+            Arc::new(Metrics::new()),
+        ));
+        // A fleet connecting at once.
+        let mut polls = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let auth = auth.clone();
+            polls.spawn(async move {
+                let id = auth.identify(Some(&format!("Bearer pod-{i}"))).await;
+                (i, id)
+            });
+        }
+        while let Some(done) = polls.join_next().await {
+            let (i, id) = done.unwrap();
+            assert_eq!(id.unwrap().pod, format!("pod-{i}"));
+        }
+        let peak = peak.load(SeqCst);
+        assert!(
+            (2..=MAX_REVIEWS_IN_FLIGHT).contains(&peak),
+            "{peak} reviews in flight"
+        );
+        assert_eq!(total.load(SeqCst), 200);
+        // Their next polls are answered from the cache.
+        for i in 0..200 {
+            auth.identify(Some(&format!("Bearer pod-{i}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(total.load(SeqCst), 200);
     }
 
     #[test]

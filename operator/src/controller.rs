@@ -29,6 +29,11 @@ use crate::status;
 use crate::stores::Stores;
 use crate::tls::FIELD_MANAGER;
 
+/// Reconciles (each one status write at most) in flight per kind. The client speaks HTTP/1.1,
+/// so each is a connection to the API server: unbounded, creating 1,000 routes opened hundreds
+/// and kept them in the pool.
+const MAX_RECONCILES_IN_FLIGHT: u16 = 16;
+
 /// Failures a reconcile reports to `error_policy`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,7 +96,9 @@ pub async fn run(ctx: Arc<Context>, stores: Stores) {
     let (route_tx, mut route_rx) = mpsc::unbounded_channel::<ObjectRef<LLMRoute>>();
     let (budget_tx, mut budget_rx) = mpsc::unbounded_channel::<ObjectRef<LLMBudget>>();
     ctx.hub.set_triggers(route_tx, budget_tx);
-    let config = Config::default().debounce(Duration::from_millis(100));
+    let config = Config::default()
+        .debounce(Duration::from_millis(100))
+        .concurrency(MAX_RECONCILES_IN_FLIGHT);
     let routes = Controller::for_shared_stream(futures::stream::pending(), stores.routes.clone())
         .reconcile_on(futures::stream::poll_fn(move |cx| route_rx.poll_recv(cx)))
         .with_config(config.clone())

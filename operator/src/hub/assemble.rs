@@ -1,7 +1,7 @@
 //! One pod's snapshot: the served routes of its namespace that select it, the namespace's
 //! enforced budgets, assembled and encoded once per distinct set and shared after that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +12,42 @@ use super::Published;
 use super::state::{AssemblyKey, State};
 use crate::metrics::Metrics;
 use crate::selector;
+
+/// The label keys the route selectors of each namespace read: which routes select a pod
+/// depends on its namespace and its values for these keys only.
+pub(super) fn selector_keys(st: &State) -> HashMap<String, BTreeSet<String>> {
+    let mut keys: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for ((ns, _), e) in &st.routes {
+        if !keys.contains_key(ns) {
+            keys.insert(ns.clone(), BTreeSet::new());
+        }
+        if let Some(s) = &e.selector {
+            let k = keys.get_mut(ns).expect("inserted above");
+            k.extend(s.match_labels.keys().cloned());
+            k.extend(s.match_expressions.iter().map(|r| r.key.clone()));
+        }
+    }
+    keys
+}
+
+/// A namespace and the labels its selectors read: pods in the same group get the same snapshot.
+pub(super) type PodGroup = (String, Vec<(String, String)>);
+
+/// The labels of a pod that decide its routes (see [`selector_keys`]): pods equal in these, in
+/// the same namespace, get the same snapshot.
+pub(super) fn relevant_labels(
+    labels: &BTreeMap<String, String>,
+    keys: Option<&BTreeSet<String>>,
+) -> Vec<(String, String)> {
+    let Some(keys) = keys else {
+        return Vec::new();
+    };
+    labels
+        .iter()
+        .filter(|(k, _)| keys.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 /// The snapshot for a pod in `ns` with `labels`, from the cache when another pod runs the same.
 pub(super) fn for_pod(

@@ -420,6 +420,10 @@ impl Hub {
             .map(|(uid, p)| (uid.clone(), p.namespace.clone(), p.name.clone()))
             .collect();
         let now = Instant::now();
+        // Pods of a namespace that agree on the labels its selectors read get the same
+        // snapshot: look it up once per such group, not once per pod (pods x routes).
+        let keys = assemble::selector_keys(&st);
+        let mut decided: HashMap<assemble::PodGroup, Arc<Published>> = HashMap::new();
         for (uid, ns, name) in pods {
             let meta = self
                 .stores
@@ -435,7 +439,16 @@ impl Hub {
                 continue;
             };
             let labels = meta.metadata.labels.clone().unwrap_or_default();
-            let published = assemble::for_pod(&mut st, &self.metrics, &ns, &labels);
+            let relevant = assemble::relevant_labels(&labels, keys.get(&ns));
+            let group = (ns, relevant);
+            let published = match decided.get(&group) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = assemble::for_pod(&mut st, &self.metrics, &group.0, &labels);
+                    decided.insert(group, p.clone());
+                    p
+                }
+            };
             st.pods
                 .get_mut(&uid)
                 .expect("listed above")

@@ -242,3 +242,49 @@ fn a_sidecar_fetching_an_edit_of_one_route_still_serves_the_others() {
     let (c, o) = (st.rollouts[&chat], st.rollouts[&other]);
     assert_eq!((c.ready, c.total, o.ready, o.total), (500, 1000, 999, 1000));
 }
+
+#[test]
+fn only_the_labels_selectors_read_tell_pods_apart() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    add_route(&mut st, "team", "chat", CHAT);
+    add_route(&mut st, "team", "web-only", WEB_ONLY);
+    add_route(
+        &mut st,
+        "team",
+        "canary",
+        "
+model: canary
+podSelector: {matchExpressions: [{key: track, operator: Exists}]}
+backends: [{name: a, provider: mock, model: m}]
+",
+    );
+    add_route(&mut st, "quiet", "chat", CHAT);
+    let keys = super::assemble::selector_keys(&st);
+    let team: Vec<&str> = keys["team"].iter().map(String::as_str).collect();
+    assert_eq!(team, ["app", "track"]);
+    assert!(keys["quiet"].is_empty());
+
+    // StatefulSet-style pods: a unique label each, which no selector reads.
+    let pod = |name: &str, extra: &[(&str, &str)]| {
+        let mut l = labels(&[("app", "web"), ("statefulset.kubernetes.io/pod-name", name)]);
+        l.extend(labels(extra));
+        l
+    };
+    let (a, b) = (pod("web-0", &[]), pod("web-1", &[]));
+    let rel = |l| super::assemble::relevant_labels(l, keys.get("team"));
+    assert_eq!(rel(&a), rel(&b));
+    assert!(Arc::ptr_eq(
+        &for_pod(&mut st, &m, "team", &a),
+        &for_pod(&mut st, &m, "team", &b)
+    ));
+    // A label a selector reads does tell them apart, and so does the snapshot.
+    let c = pod("web-2", &[("track", "canary")]);
+    assert_ne!(rel(&a), rel(&c));
+    assert_ne!(
+        for_pod(&mut st, &m, "team", &a).version,
+        for_pod(&mut st, &m, "team", &c).version
+    );
+    // Where no selector reads anything, every pod is alike.
+    assert!(super::assemble::relevant_labels(&c, keys.get("quiet")).is_empty());
+}

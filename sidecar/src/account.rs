@@ -60,6 +60,8 @@ pub struct Ticket {
     pub in_flight: Option<InFlight>,
     /// Keeps the backend's concurrency permit while the answer streams.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Keeps the request's place under the sidecar's `--max-in-flight`.
+    pub slot: Option<crate::app::Slot>,
     done: bool,
 }
 
@@ -88,6 +90,7 @@ impl Ticket {
             reservations: Vec::new(),
             in_flight: None,
             permit: None,
+            slot: None,
             done: false,
         }
     }
@@ -136,6 +139,7 @@ impl Ticket {
         // Release the backend first: the request no longer occupies it.
         self.in_flight = None;
         self.permit = None;
+        self.slot = None;
         let reservations = std::mem::take(&mut self.reservations);
         let this = &*self;
         let app = &this.app;

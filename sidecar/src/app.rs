@@ -2,7 +2,7 @@
 //! tests can drive it in process and `main` can put it behind a listener.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 use crate::providers::mock::MockTransport;
 use crate::runtime::{self, Carry, Runtime};
 use crate::transport::{HttpTransport, Transport, TransportFactory};
+
+/// Generation requests in flight at once before the sidecar answers 503 (Envoy's default for
+/// its circuit breakers' `max_requests`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// The sidecar.
 pub struct App {
@@ -34,6 +38,22 @@ pub struct App {
     pub local_keys: Vec<String>,
     /// Responses produced here, for the Responses API's `previous_response_id`.
     pub responses: crate::ingress::responses::Store,
+    /// Generation requests admitted and not yet answered to their last byte.
+    admitted: Arc<AtomicUsize>,
+    /// The most admitted at once (`--max-in-flight`); more are refused with a fast 503.
+    pub max_in_flight: usize,
+}
+
+/// One admitted request: holds its place under `--max-in-flight` until dropped, which the
+/// request's [`crate::account::Ticket`] does when the answer's last byte is sent or the client
+/// goes away.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Builds an [`App`].
@@ -43,6 +63,7 @@ pub struct AppBuilder {
     access_log: bool,
     local_keys: Vec<String>,
     responses: crate::ingress::responses::Store,
+    max_in_flight: usize,
 }
 
 impl AppBuilder {
@@ -77,6 +98,13 @@ impl AppBuilder {
         self
     }
 
+    /// Admits at most `n` generation requests at once (0: no limit); the default is
+    /// [`DEFAULT_MAX_IN_FLIGHT`].
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = if n == 0 { usize::MAX } else { n };
+        self
+    }
+
     /// The app, with no config yet (not ready).
     pub fn build(self) -> Arc<App> {
         let metrics = Metrics::new();
@@ -96,6 +124,8 @@ impl AppBuilder {
             stale: AtomicBool::new(false),
             local_keys: self.local_keys,
             responses: self.responses,
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: self.max_in_flight,
         })
     }
 }
@@ -121,7 +151,21 @@ impl App {
             access_log: false,
             local_keys: Vec::new(),
             responses: crate::ingress::responses::Store::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// A place for one more generation request, or `None` when `max_in_flight` are already
+    /// in flight.
+    pub fn admit(&self) -> Option<Slot> {
+        let before = self.admitted.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(self.admitted.clone());
+        (before < self.max_in_flight).then_some(slot)
+    }
+
+    /// Generation requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
     }
 
     /// Serves `snapshot` from now on. In-flight requests finish on the config they started with;

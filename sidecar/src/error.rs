@@ -179,6 +179,19 @@ impl ApiError {
         )
     }
 
+    /// 503 when the sidecar already holds as many requests as it admits; retry in a second.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+            message,
+        );
+        e.code = Some("overloaded");
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    }
+
     /// 500 for a bug; the message says so.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(

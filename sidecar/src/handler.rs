@@ -275,6 +275,19 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    // Refused before the body is read: shedding must cost far less than serving.
+    let Some(slot) = app.admit() else {
+        app.metrics
+            .limit_rejections
+            .with_label_values(&["none", "max_in_flight"])
+            .inc();
+        let e = ApiError::overloaded(format!(
+            "llmesh: this sidecar already has {} requests in flight, its limit (--max-in-flight, LLMESH_MAX_IN_FLIGHT); retry after a second, or raise the limit",
+            app.max_in_flight
+        ));
+        return answer(app, parts.headers, path, Err(e), endpoint, None).await;
+    };
     let limit = app
         .runtime()
         .map_or(llmesh_api::compile::DEFAULT_MAX_REQUEST_BYTES, |rt| {
@@ -295,14 +308,7 @@ where
             format!("llmesh: could not read the request body: {e}"),
         )),
     };
-    answer(
-        app,
-        parts.headers,
-        parts.uri.path().to_string(),
-        raw,
-        endpoint,
-    )
-    .await
+    answer(app, parts.headers, path, raw, endpoint, Some(slot)).await
 }
 
 /// A generation request (chat, completion, embedding), end to end. Boxed as `Send` here, at one
@@ -313,9 +319,11 @@ fn answer(
     path: String,
     raw: Result<Bytes, ApiError>,
     endpoint: Endpoint,
+    slot: Option<crate::app::Slot>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResBody>> + Send>> {
     Box::pin(async move {
-        let ticket = Ticket::new(app.clone(), request_id(&headers), endpoint.op(), path);
+        let mut ticket = Ticket::new(app.clone(), request_id(&headers), endpoint.op(), path);
+        ticket.slot = slot;
         let rid = ticket.request_id.clone();
         let mut resp = match run(&app, &headers, raw, endpoint, ticket).await {
             Ok(Done::Full {

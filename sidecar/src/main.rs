@@ -105,6 +105,11 @@ struct Args {
     #[arg(long, env = "LLMESH_RESPONSES_STORE_TTL", default_value = "1h", value_parser = duration)]
     responses_store_ttl: Duration,
 
+    /// Generation requests in flight at once; more are refused at once with a 503 and
+    /// `retry-after: 1` instead of queueing without bound (0: no limit).
+    #[arg(long, env = "LLMESH_MAX_IN_FLIGHT", default_value_t = llmesh_sidecar::app::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: usize,
+
     /// Worker threads serving requests. 1 runs everything on one thread (lowest latency, one
     /// core); 0 uses one per CPU.
     #[arg(long, env = "LLMESH_WORKER_THREADS", default_value_t = 0)]
@@ -147,6 +152,31 @@ fn local_keys(args: &Args) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
+/// The runtime `--worker-threads` asks for. One worker is a current-thread runtime, with no
+/// cross-thread wake-ups on the request path.
+fn runtime(args: &Args) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if args.worker_threads > 1 {
+            b.worker_threads(args.worker_threads);
+        }
+        b
+    };
+    builder.enable_all().build()
+}
+
+/// The app as the flags configure it, in either mode.
+fn app(args: &Args, keys: Vec<String>) -> std::sync::Arc<App> {
+    App::builder()
+        .access_log(args.access_log == "on")
+        .local_keys(keys)
+        .responses_store(args.responses_store_entries, args.responses_store_ttl)
+        .max_in_flight(args.max_in_flight)
+        .build()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter =
@@ -159,6 +189,12 @@ fn main() -> ExitCode {
         sub.json().init();
     } else {
         sub.init();
+    }
+    // Every connection is a file: a burst of clients must not meet a soft limit of 1,024 when
+    // the hard limit allows more (Go's runtime and nginx's worker_rlimit_nofile do the same).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 
     if let Some(url) = args.operator.clone() {
@@ -208,17 +244,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    // One worker: a current-thread runtime, with no cross-thread wakeups on the request path.
-    let mut builder = if args.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if args.worker_threads > 1 {
-            b.worker_threads(args.worker_threads);
-        }
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime(&args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("llmesh-sidecar: cannot start the runtime: {e}");
@@ -226,11 +252,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let app = App::builder()
-            .access_log(args.access_log == "on")
-            .local_keys(keys)
-            .responses_store(args.responses_store_entries, args.responses_store_ttl)
-            .build();
+        let app = app(&args, keys);
         app.apply(&snapshot);
         app.metrics.reloads.with_label_values(&["ok"]).inc();
         let listener = match server::bind(args.listen).await {
@@ -315,10 +337,7 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
         token_file: args.token_file.clone(),
         cache_path: args.snapshot_cache.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("llmesh-sidecar: cannot start the runtime: {e}");
@@ -327,12 +346,8 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
     };
     let listen = args.listen;
     let grace = args.shutdown_grace;
-    let access_log = args.access_log == "on";
     runtime.block_on(async move {
-        let app = App::builder()
-            .access_log(access_log)
-            .local_keys(keys)
-            .build();
+        let app = app(args, keys);
         let version = operator_client::start_from_disk(&app, &source);
         let listener = match server::bind(listen).await {
             Ok(l) => l,

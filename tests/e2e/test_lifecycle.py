@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
+from pathlib import Path
 
+import openai
 import pytest
 
 from conftest import FAKE_KEY, Sidecar, binary, dump, route, upstream
@@ -188,3 +192,52 @@ def test_access_log_has_one_line_per_request_and_no_prompt_or_key(fake, start_si
     # Never the prompt, the provider key, or who asked.
     for secret_text in ("PURPLE-OCTOPUS", FAKE_KEY, "user-7"):
         assert secret_text not in text
+
+
+def test_past_max_in_flight_clients_get_503_with_retry_after_and_the_sdk_retry_succeeds(fake, start_sidecar):
+    s = start_sidecar(dump([route("slow", [upstream("s", fake.url("slow-chunks,id=cap,interval=100ms,words=40"))])]),
+                      env={"LLMESH_MAX_IN_FLIGHT": "2"})
+    streams = [s.client().chat.completions.create(model="slow", messages=USER, stream=True) for _ in range(2)]
+    for st in streams:
+        assert next(iter(st)).choices[0].delta.role == "assistant"
+
+    # No retries: the refusal itself, fast and in OpenAI's shape.
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as refused:
+        s.client().chat.completions.create(model="slow", messages=USER)
+    assert time.monotonic() - started < 1.0
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert refused.value.body["code"] == "overloaded"
+    assert "--max-in-flight" in refused.value.body["message"]
+
+    # With the SDK's retries: it waits the second it was told, and gets in once a place frees.
+    result = {}
+
+    def call():
+        result["r"] = s.client(max_retries=3).chat.completions.create(model="slow", messages=USER, stream=True)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    streams[0].close()
+    t.join(timeout=15)
+    assert "r" in result, "the retried request was never admitted"
+    assert next(iter(result["r"])).choices[0].delta.role == "assistant"
+    result["r"].close()
+    streams[1].close()
+    assert s.metric("llmesh_limit_rejections_total", limit="max_in_flight") >= 2
+
+
+def test_raises_its_soft_open_files_limit_to_the_hard_one(fake, start_sidecar):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 256:
+        pytest.skip(f"the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        s = start_sidecar(one_backend(fake, "a"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{s.proc.pid}/limits").read_text()
+    line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)], line

@@ -93,18 +93,26 @@ pub fn app(yaml: &str) -> (Arc<App>, Upstream) {
 
 /// Like [`app`], with a manual wall clock for budgets.
 pub fn app_with_clock(yaml: &str, clock: Option<Arc<ManualClock>>) -> (Arc<App>, Upstream) {
+    app_built(yaml, |b| match clock {
+        Some(c) => b.clock(c),
+        None => b,
+    })
+}
+
+/// Like [`app`], with `configure` applied to the builder (limits, stores, clocks).
+pub fn app_built(
+    yaml: &str,
+    configure: impl FnOnce(llmesh_sidecar::app::AppBuilder) -> llmesh_sidecar::app::AppBuilder,
+) -> (Arc<App>, Upstream) {
     let up = Upstream::default();
     let factory_up = up.clone();
-    let mut b = App::builder().transports(Arc::new(move |backend| {
+    let b = App::builder().transports(Arc::new(move |backend| {
         Arc::new(Scripted {
             backend: backend.name.clone(),
             up: factory_up.clone(),
         }) as Arc<dyn Transport>
     }));
-    if let Some(c) = clock {
-        b = b.clock(c);
-    }
-    let app = b.build();
+    let app = configure(b).build();
     app.apply(&snapshot(yaml));
     (app, up)
 }

@@ -253,6 +253,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let app = app(&args, keys);
+        tokio::spawn(llmesh_sidecar::memory::trim_loop());
         app.apply(&snapshot);
         app.metrics.reloads.with_label_values(&["ok"]).inc();
         let listener = match server::bind(args.listen).await {
@@ -348,6 +349,7 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
     let grace = args.shutdown_grace;
     runtime.block_on(async move {
         let app = app(args, keys);
+        tokio::spawn(llmesh_sidecar::memory::trim_loop());
         let version = operator_client::start_from_disk(&app, &source);
         let listener = match server::bind(listen).await {
             Ok(l) => l,

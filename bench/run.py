@@ -33,6 +33,9 @@ RELEASE = REPO / "target" / "release"
 LITELLM_VERSION = "1.100.5"
 PLAIN = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}]}
 STREAM = dict(PLAIN, stream=True)
+# The overload run: a provider answering in SLOW_MS, so requests pile up in the sidecar.
+SLOW_MS = 250
+SLOW = dict(PLAIN, model="bench-slow")
 
 procs = []
 
@@ -75,6 +78,14 @@ def stop_all():
             p.wait(5)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def hwm_kib(pid):
+    """Peak resident memory of a process since it started, KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
 
 
 def rss_kib(pid):
@@ -140,16 +151,22 @@ def pin_all(targets, cpu):
 def max_rate(url, target):
     """The highest open-loop rate (requests/s) that keeps p99 under 1 ms with no errors.
 
-    Steps up a ladder of rates, 3 s each, and stops at the first one that misses; LiteLLM starts
+    Steps up a ladder of rates, 3 s each, and stops at the first one that misses twice; LiteLLM starts
     low because it saturates near 230 requests/s on one worker."""
     ladder = [50, 100, 150, 200, 300] if target == "litellm" else \
         [500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000]
     best = None
     for rate in ladder:
-        r = load(url, "open", PLAIN, 3, 1, f"maxrate{rate}/{target}", rate=rate)
-        p99 = (r["latency_us"] or {}).get("p99")
-        ok = r["errors"] == 0 and p99 is not None and p99 < 1000 and r["rps"] >= 0.95 * rate
-        log(f"{'max-rate':>16} {target:>8}: {rate:>6}/s -> p99 {p99} us, {r['rps']} req/s, errors {r['errors']}: {'ok' if ok else 'miss'}")
+        # A step passes in one of two tries: on a shared VM one stall of a few milliseconds in
+        # 3 s is enough to miss, and says more about the neighbours than about the target.
+        for attempt in (1, 2):
+            r = load(url, "open", PLAIN, 3, 1, f"maxrate{rate}/{target}", rate=rate)
+            p99 = (r["latency_us"] or {}).get("p99")
+            ok = r["errors"] == 0 and p99 is not None and p99 < 1000 and r["rps"] >= 0.95 * rate
+            log(f"{'max-rate':>16} {target:>8}: {rate:>6}/s -> p99 {p99} us, {r['rps']} req/s, errors {r['errors']}: "
+                f"{'ok' if ok else 'miss'} (try {attempt})")
+            if ok:
+                break
         if not ok:
             break
         best = {"rate": rate, "p99_us": p99}
@@ -177,6 +194,16 @@ spec:
       provider: openaiCompatible
       model: gpt-4o-mini-2024-07-18
       baseUrl: {upstream}
+---
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-slow}}
+spec:
+  backends:
+    - name: slow
+      provider: openaiCompatible
+      model: gpt-4o-mini-2024-07-18
+      baseUrl: {upstream.replace("/s/fast/", f"/s/fast,latency={SLOW_MS}ms/")}
 """)
     cmd = [str(RELEASE / "llmesh-sidecar"), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
     if ARGS.no_access_log:
@@ -252,6 +279,8 @@ def main():
     ap.add_argument("--litellm", action="store_true")
     ap.add_argument("--soak", type=int, default=0, help="seconds of soak at 1,000 requests/s")
     ap.add_argument("--no-access-log", action="store_true")
+    ap.add_argument("--burst", type=int, default=8000,
+                    help="rate of the closing overload burst against llmesh (0: none)")
     ARGS = ap.parse_args()
     dur, warm = (3, 1) if ARGS.quick else (10, 2)
 
@@ -259,7 +288,8 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "llmesh-sidecar", "-p", "llmesh-fakes", "-p", "llmesh-bench"],
                    cwd=REPO, check=True)
     workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-"))
-    results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release()}, "runs": []}
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release()}, "runs": [],
+               "run_seconds": dur + warm}
     try:
         fake = start_fake()
         direct = f"http://127.0.0.1:{fake}/s/fast/v1/chat/completions"
@@ -310,6 +340,19 @@ def main():
             time.sleep(5)
             results["soak"] = {"seconds": ARGS.soak, "rss_before_kib": before, "rss_end_kib": during,
                                "rss_after_idle_kib": rss_kib(p.pid), "run": r}
+        if ARGS.burst:
+            # Overload, last (it leaves its mark on memory): the provider slows to SLOW_MS while
+            # clients keep sending ARGS.burst requests/s, far more than --max-in-flight (1,024)
+            # allows in flight at that latency; the client opens a connection for every request
+            # it cannot send on an idle one, as an unbounded pool would.
+            url, p = targets["llmesh"]
+            before = rss_kib(p.pid)
+            r = load(url, "open", SLOW, 4, 0, "burst/llmesh", rate=ARGS.burst)
+            after = rss_kib(p.pid)
+            time.sleep(12)  # past one check of the sidecar's memory trim (every 10 s)
+            results["burst"] = {"rate": ARGS.burst, "seconds": 4, "provider_latency_ms": SLOW_MS,
+                                "rss_before_kib": before, "rss_peak_kib": hwm_kib(p.pid),
+                                "rss_end_kib": after, "rss_after_12s_kib": rss_kib(p.pid), "run": r}
     finally:
         stop_all()
     out = REPO / "bench" / "results"
@@ -354,6 +397,17 @@ def report(res):
         row(scn, "whole stream p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
         row(scn, "chunk gap p99 us", lambda r: (r["chunk_gap_us"] or {}).get("p99"))
     row("max-c64", "requests/s", lambda r: r["rps"])
+    # The proxy's own throughput per core: its requests/s over the cores it used (CPU seconds over
+    # the run, warm-up included, at a constant rate). The load generator and the fake provider
+    # share the other CPU, so requests/s alone can be capped by them rather than by the proxy.
+    per_core = {}
+    for t in targets:
+        r = runs.get(("max-c64", t))
+        if r and r.get("cpu_seconds"):
+            per_core[t] = round(r["rps"] / (r["cpu_seconds"] / res.get("run_seconds", 12)))
+    if per_core:
+        lines.append("")
+        lines.append("Requests/s per core used at concurrency 64: " + ", ".join(f"{t} {v:,}" for t, v in per_core.items()) + ".")
     lines.append("")
     if "max_rate_p99_1ms" in res:
         lines.append("Highest open-loop rate with p99 under 1 ms: " + ", ".join(
@@ -366,6 +420,14 @@ def report(res):
         idle = res["idle_rss_kib"].get(t)
         cpu = r and r.get("cpu_seconds") is not None and r["requests"] and round(r["cpu_seconds"] / r["requests"] * 1000, 3)
         lines.append(f"| {t} | {idle and round(idle / 1024, 1)} | {r and round(r.get('rss_kib', 0) / 1024, 1)} | {cpu} |")
+    if "burst" in res:
+        b, r = res["burst"], res["burst"]["run"]
+        why = ", ".join(f"{v:,} {k}" for k, v in r.get("failures", {}).items()) or "none"
+        lines.append("")
+        lines.append(f"Overload: {b['rate']:,} requests/s open loop for {b['seconds']} s at llmesh, the provider answering in "
+                     f"{b['provider_latency_ms']} ms: {r['rps']:,} requests/s "
+                     f"answered 200, {r['errors']:,} not ({why}); RSS {b['rss_before_kib'] / 1024:.1f} MiB before, "
+                     f"peak {b['rss_peak_kib'] / 1024:.1f} MiB, {b['rss_after_12s_kib'] / 1024:.1f} MiB 12 s after.")
     if "soak" in res:
         s = res["soak"]
         lines.append("")

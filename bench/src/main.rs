@@ -84,6 +84,8 @@ struct Stats {
     gap: Histogram<u64>,
     lag: Histogram<u64>,
     errors: u64,
+    /// Why requests failed: an HTTP status, `transport` (no response) or `body` (broken body).
+    failures: std::collections::BTreeMap<String, u64>,
     chunks: u64,
 }
 
@@ -96,6 +98,7 @@ impl Stats {
             gap: h(),
             lag: h(),
             errors: 0,
+            failures: Default::default(),
             chunks: 0,
         }
     }
@@ -120,10 +123,10 @@ async fn one(
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
     let mut gaps: Vec<u64> = Vec::new();
-    let ok = match res {
+    let failure = match res {
         Ok(resp) if resp.status().is_success() => {
             let mut body = resp.into_body();
-            let mut ok = true;
+            let mut failure = None;
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(f) if f.is_data() => {
@@ -136,21 +139,28 @@ async fn one(
                     }
                     Ok(_) => {}
                     Err(_) => {
-                        ok = false;
+                        failure = Some("body".to_string());
                         break;
                     }
                 }
             }
-            ok
+            failure
         }
-        _ => false,
+        Ok(resp) => {
+            // Read the error body, as SDKs do, so the connection can be used again.
+            let status = resp.status().as_u16().to_string();
+            let _ = resp.into_body().collect().await;
+            Some(status)
+        }
+        Err(_) => Some("transport".to_string()),
     };
     if !record {
         return;
     }
     let mut s = stats.borrow_mut();
-    if !ok {
+    if let Some(f) = failure {
         s.errors += 1;
+        *s.failures.entry(f).or_default() += 1;
         return;
     }
     let end = Instant::now();
@@ -278,6 +288,7 @@ async fn run(args: Rc<Args>) -> serde_json::Value {
         "stream": args.stream,
         "requests": n,
         "errors": s.errors,
+        "failures": s.failures,
         "rps": (n as f64 / args.duration.as_secs_f64() * 10.0).round() / 10.0,
         "latency_us": pct(&s.latency),
         "ttfb_us": pct(&s.ttfb),

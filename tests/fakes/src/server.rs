@@ -230,14 +230,18 @@ where
         }
     };
 
-    // Benchmarks: no recording, no parsing, no state.
+    // Benchmarks: no recording, no parsing, no state; `latency=` makes a slow provider.
     if let (
         Ok(Scenario {
-            kind: Kind::Fast, ..
+            kind: Kind::Fast,
+            options,
         }),
         Some((d, ep)),
     ) = (&scenario, &found)
     {
+        if !options.latency.is_zero() {
+            tokio::time::sleep(options.latency).await;
+        }
         return whole(d.fast(ep, &body, seq));
     }
 

@@ -241,6 +241,17 @@ async fn fast_mode_answers_without_recording() {
     assert!(!r.contains("/s/fast/"));
 }
 
+#[tokio::test]
+async fn fast_mode_with_latency_is_a_slow_provider() {
+    let addr = fake().await;
+    let path = "/s/fast,latency=1s/v1/chat/completions";
+    let (r, _) = send(addr, "POST", path, "", CHAT, Duration::from_millis(300)).await;
+    assert_eq!(r, "", "nothing before the latency is up");
+    let (r, _) = send(addr, "POST", path, "", CHAT, Duration::from_secs(10)).await;
+    assert_eq!(status(&r), 200);
+    assert!(r.contains("chat.completion"), "{r}");
+}
+
 const RESPONSES: &str = r#"{"model":"gpt-4.1","input":"hi","stream":true}"#;
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use llmesh_api::LLMRoute;
@@ -19,7 +18,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 /// The operator's namespace.
-pub const SYSTEM_NS: &str = "llmesh-system";
+pub use llmesh_testenv::SYSTEM_NS;
 const OPERATOR_SA: &str = "llmesh-operator";
 /// The ServiceAccount of the benchmark's pods.
 const POD_SA: &str = "app";
@@ -29,47 +28,6 @@ const INJECTED: (&str, &str) = ("llmesh.io/sidecar", "injected");
 const MANAGER: &str = "llmesh-cpbench";
 /// The route whose weights the change phases edit.
 pub const EDITED_ROUTE: &str = "chat";
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Installs the CRDs and `deploy/rbac.yaml` (which creates the operator's ServiceAccount).
-pub async fn install(cp: &ControlPlane) -> Result<()> {
-    let repo = llmesh_testenv::repo_root();
-    let crds = repo.join("crds").display().to_string();
-    let out = cp.kubectl(["apply", "-f", &crds]).await?;
-    if !out.status.success() {
-        bail!("applying crds/: {}", output_text(&out));
-    }
-    let out = cp
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/llmroutes.llmesh.io",
-            "crd/llmbudgets.llmesh.io",
-        ])
-        .await?;
-    if !out.status.success() {
-        bail!("CRDs not established: {}", output_text(&out));
-    }
-    let out = cp.kubectl(["create", "namespace", SYSTEM_NS]).await?;
-    if !out.status.success() {
-        bail!("creating {SYSTEM_NS}: {}", output_text(&out));
-    }
-    let rbac = repo.join("deploy/rbac.yaml").display().to_string();
-    let out = cp.kubectl(["apply", "-f", &rbac]).await?;
-    if !out.status.success() {
-        bail!("applying deploy/rbac.yaml: {}", output_text(&out));
-    }
-    Ok(())
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -311,32 +269,17 @@ pub async fn pod_tokens(
     pods: &[(String, String)],
     concurrency: usize,
 ) -> Result<Vec<String>> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let api = &api;
     let mut tokens: Vec<(usize, String)> = futures::stream::iter(pods.iter().enumerate())
         .map(|(i, (name, uid))| async move {
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![AUDIENCE.to_string()],
-                    expiration_seconds: Some(3600),
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(name.clone()),
-                        uid: Some(uid.clone()),
-                    }),
-                },
-                ..Default::default()
-            };
-            let answer = api
-                .create_token_request(POD_SA, &PostParams::default(), &request)
-                .await
-                .with_context(|| format!("TokenRequest for pod {name}"))?;
-            let token = answer
-                .status
-                .map(|s| s.token)
-                .filter(|t| !t.is_empty())
-                .with_context(|| format!("TokenRequest for pod {name} returned no token"))?;
+            let token = llmesh_testenv::request_token(
+                client,
+                ns,
+                POD_SA,
+                &[AUDIENCE],
+                Some((name.as_str(), uid.as_str())),
+            )
+            .await
+            .with_context(|| format!("token for pod {name}"))?;
             anyhow::Ok((i, token))
         })
         .buffer_unordered(concurrency)

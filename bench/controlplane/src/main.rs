@@ -164,7 +164,7 @@ async fn bench(
     operator_bin: &std::path::Path,
 ) -> Result<serde_json::Value> {
     let client = cp.client()?;
-    cluster::install(cp).await?;
+    cp.install_llmesh().await?;
     let log = args
         .operator_log
         .clone()

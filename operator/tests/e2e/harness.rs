@@ -24,7 +24,7 @@ use llmesh_testenv::ControlPlane;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-pub const SYSTEM_NS: &str = "llmesh-system";
+pub use llmesh_testenv::SYSTEM_NS;
 pub const OPERATOR_SA: &str = "llmesh-operator";
 
 /// The installed control plane and the fixed ports operators listen on in this test binary.
@@ -54,14 +54,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-pub fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use llmesh_testenv::output_text;
 
 /// Installs CRDs, RBAC and the webhook configuration once per test binary.
 pub async fn env() -> &'static Env {
@@ -73,35 +66,7 @@ pub async fn env() -> &'static Env {
 async fn install() -> Result<Env> {
     let cp = llmesh_testenv::shared().await?;
     let repo = repo();
-    let out = cp
-        .kubectl(["apply", "-f", &repo.join("crds").display().to_string()])
-        .await?;
-    if !out.status.success() {
-        bail!("applying crds/: {}", output_text(&out));
-    }
-    let out = cp
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/llmroutes.llmesh.io",
-            "crd/llmbudgets.llmesh.io",
-        ])
-        .await?;
-    if !out.status.success() {
-        bail!("CRDs not established: {}", output_text(&out));
-    }
-    let _ = cp.kubectl(["create", "namespace", SYSTEM_NS]).await?;
-    let out = cp
-        .kubectl([
-            "apply",
-            "-f",
-            &repo.join("deploy/rbac.yaml").display().to_string(),
-        ])
-        .await?;
-    if !out.status.success() {
-        bail!("applying deploy/rbac.yaml: {}", output_text(&out));
-    }
+    cp.install_llmesh().await?;
     let port = free_port();
     let admin_port = free_port();
     // The chart's webhook configuration, pointed at this machine instead of the Service.

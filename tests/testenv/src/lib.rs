@@ -392,31 +392,7 @@ impl ControlPlane {
         audiences: &[&str],
         bound_pod: Option<(&str, &str)>,
     ) -> Result<String> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client()?, ns);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: audiences.iter().map(|a| a.to_string()).collect(),
-                expiration_seconds: Some(3600),
-                bound_object_ref: bound_pod.map(|(pod, uid)| BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(pod.into()),
-                    uid: Some(uid.into()),
-                }),
-            },
-            ..Default::default()
-        };
-        let response = api
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| {
-                format!("TokenRequest for serviceaccount {ns}/{name} (does it exist?)")
-            })?;
-        response
-            .status
-            .map(|s| s.token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("TokenRequest for {ns}/{name} returned no token"))
+        request_token(&self.client()?, ns, name, audiences, bound_pod).await
     }
 
     /// A client authenticated as ServiceAccount `ns/name` through a TokenRequest token, so the
@@ -617,4 +593,88 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     std::io::Write::write_all(&mut file, contents)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// [`ControlPlane::service_account_token`] through a client the caller already holds (many
+/// tokens over one connection pool).
+pub async fn request_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    audiences: &[&str],
+    bound_pod: Option<(&str, &str)>,
+) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: bound_pod.map(|(pod, uid)| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                uid: Some(uid.into()),
+            }),
+        },
+        ..Default::default()
+    };
+    let response = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for serviceaccount {ns}/{name} (does it exist?)"))?;
+    response
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("TokenRequest for {ns}/{name} returned no token"))
+}
+
+/// A finished command's status, stdout and stderr, for error messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The namespace llmesh's operator runs in (`deploy/`).
+pub const SYSTEM_NS: &str = "llmesh-system";
+
+impl ControlPlane {
+    /// Installs llmesh's CRDs (waiting until they are Established), the `llmesh-system`
+    /// namespace (kept if it exists) and `deploy/rbac.yaml`, which creates the operator's
+    /// ServiceAccount. Safe to call again on a shared control plane.
+    pub async fn install_llmesh(&self) -> Result<()> {
+        let repo = repo_root();
+        let crds = repo.join("crds").display().to_string();
+        let out = self.kubectl(["apply", "-f", &crds]).await?;
+        if !out.status.success() {
+            bail!("applying crds/: {}", output_text(&out));
+        }
+        let out = self
+            .kubectl([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/llmroutes.llmesh.io",
+                "crd/llmbudgets.llmesh.io",
+            ])
+            .await?;
+        if !out.status.success() {
+            bail!("CRDs not established: {}", output_text(&out));
+        }
+        let out = self.kubectl(["create", "namespace", SYSTEM_NS]).await?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+        {
+            bail!("creating {SYSTEM_NS}: {}", output_text(&out));
+        }
+        let rbac = repo.join("deploy/rbac.yaml").display().to_string();
+        let out = self.kubectl(["apply", "-f", &rbac]).await?;
+        if !out.status.success() {
+            bail!("applying deploy/rbac.yaml: {}", output_text(&out));
+        }
+        Ok(())
+    }
 }

@@ -55,6 +55,18 @@ pub fn snapshot_query(version: Option<&str>) -> String {
     format!("{SNAPSHOT_PATH}?{VERSION_PARAM}={v}")
 }
 
+/// The longest `retry-after` a sidecar honours from the operator, so a wrong header cannot
+/// park a fleet.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a sidecar waits before polling again after the operator answered with this
+/// `retry-after` value (whole seconds), at most [`MAX_RETRY_AFTER`]; `None` if absent or not
+/// a number.
+pub fn retry_after(value: Option<&str>) -> Option<std::time::Duration> {
+    let secs: u64 = value?.parse().ok()?;
+    Some(std::time::Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 /// Reads the sidecar's version from a query string (`version=abc&...`); empty means none.
 pub fn version_from_query(query: Option<&str>) -> String {
     query
@@ -69,6 +81,16 @@ pub fn version_from_query(query: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_capped_at_thirty() {
+        use std::time::Duration;
+        assert_eq!(retry_after(Some("5")), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(Some("3600")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(Some("soon")), None);
+        assert_eq!(retry_after(Some("-1")), None);
+        assert_eq!(retry_after(None), None);
+    }
 
     #[test]
     fn the_query_round_trips_and_drops_junk() {

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use llmesh_api::Snapshot;
-use llmesh_api::protocol::{CLIENT_TIMEOUT, ErrorBody, snapshot_query};
+use llmesh_api::protocol::{self, CLIENT_TIMEOUT, ErrorBody, snapshot_query};
 
 use crate::app::App;
 
@@ -263,12 +263,11 @@ async fn poll_once(
         }
     };
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(30)));
+    let retry_after = protocol::retry_after(
+        resp.headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let body = match tokio::time::timeout(
         CLIENT_TIMEOUT,
         Limited::new(resp.into_body(), MAX_SNAPSHOT_BYTES).collect(),

@@ -20,7 +20,7 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use llmesh_api::protocol::{CLIENT_TIMEOUT, VERSION_HEADER, snapshot_query};
+use llmesh_api::protocol::{self, CLIENT_TIMEOUT, VERSION_HEADER, snapshot_query};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -268,12 +268,11 @@ async fn poll(
         }
     };
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(30)));
+    let retry_after = protocol::retry_after(
+        resp.headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let header_version = resp
         .headers()
         .get(VERSION_HEADER)

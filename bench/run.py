@@ -80,25 +80,25 @@ def stop_all():
             p.kill()
 
 
+def status_kib(pid, field):
+    """A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`), or None."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def hwm_kib(pid):
     """Peak resident memory of a process since it started, KiB."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return None
+    return status_kib(pid, "VmHWM")
 
 
 def rss_kib(pid):
     """Resident memory of a process and its children, KiB."""
-    total = 0
-    for p in [pid] + children(pid):
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
+    return sum(status_kib(p, "VmRSS") or 0 for p in [pid] + children(pid))
 
 
 def children(pid):

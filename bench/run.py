@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of llmesh against a direct call, a plain nginx hop and LiteLLM.
+"""Side-by-side benchmark of llmesh against a direct call, a plain nginx hop, a bare hyper hop
+(llmesh-hop: llmesh's stack with none of its features) and LiteLLM.
 
 Every target forwards to the same fast fake OpenAI server (llmesh-fake-provider, scenario
 `fast`), in the same run, so results are reported as differences and ratios against the
@@ -248,6 +249,15 @@ http {{
     return port, p
 
 
+def start_hop(fake_port):
+    """llmesh-hop: hyper and tokio forwarding unread bytes, the floor of llmesh's own stack."""
+    port = free_port()
+    p = start([str(RELEASE / "llmesh-hop"), "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{fake_port}"],
+              cpu=0, stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return port, p
+
+
 def start_litellm(fake_port, workdir):
     venv = CACHE / f"litellm-{LITELLM_VERSION}"
     py = venv / "bin" / "python"
@@ -298,6 +308,8 @@ def main():
         nginx_port, nginx = start_nginx(fake, workdir)
         if nginx_port:
             targets["nginx"] = (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", nginx)
+        hop_port, hop = start_hop(fake)
+        targets["hop"] = (f"http://127.0.0.1:{hop_port}/s/fast/v1/chat/completions", hop)
         if ARGS.litellm:
             lp, lproc = start_litellm(fake, workdir)
             targets["litellm"] = (f"http://127.0.0.1:{lp}/v1/chat/completions", lproc)
@@ -365,7 +377,7 @@ def main():
 
 def report(res):
     runs = {(r["scenario"], r["target"]): r for r in res["runs"]}
-    targets = [t for t in ("nginx", "llmesh", "litellm") if any(k[1] == t for k in runs)]
+    targets = [t for t in ("nginx", "hop", "llmesh", "litellm") if any(k[1] == t for k in runs)]
     ratio = "llmesh" in targets and "litellm" in targets
     lines = ["| scenario | metric | direct | " + " | ".join(f"{t} (added)" for t in targets)
              + (" | LiteLLM added / llmesh added |" if ratio else " |"),

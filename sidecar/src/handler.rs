@@ -20,6 +20,7 @@ use crate::budget::Admission;
 use crate::cache::Hit;
 use crate::choose::{self, Facts};
 use crate::error::{ApiError, ErrorFormat};
+use crate::fields;
 use crate::ingress::{self, Endpoint};
 use crate::providers::Op;
 use crate::proxy::{self, Call, Outcome};
@@ -44,8 +45,10 @@ fn full(
             .boxed_unsync(),
     );
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Room for the `x-llmesh-*` and request-id headers added later, so the map is allocated once.
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    *r.headers_mut() = headers;
     r
 }
 
@@ -495,7 +498,7 @@ async fn run(
         Err(e) => fail!(e),
     };
     let passthrough = translation.as_ref().is_none_or(|t| t.passthrough());
-    let model = match body.get("model") {
+    let model = match fields::get(&body, "model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => fail!(ApiError::bad_request(
             Some("model".into()),
@@ -533,13 +536,13 @@ async fn run(
     if let Err(e) = validate(op, &body) {
         fail!(e)
     }
-    let stream = op != Op::Embedding && body.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream =
+        op != Op::Embedding && fields::get(&body, "stream").and_then(Value::as_bool) == Some(true);
     ticket.stream = stream;
     // Translated formats report usage themselves, from the usage chunk.
     let client_wants_usage = translation.is_some()
-        || body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
+        || fields::get(&body, "stream_options")
+            .and_then(|o| fields::get_in(o, "include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
     let prompt = tokens::chat_prompt(&body);
@@ -560,13 +563,12 @@ async fn run(
     }
 
     // max_tokens: keep whichever field the client used.
-    let mt_key = if body.contains_key("max_completion_tokens") {
+    let mt_key = if fields::has(&body, "max_completion_tokens") {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
-    let mut max_tokens = body
-        .get(mt_key)
+    let mut max_tokens = fields::get(&body, mt_key)
         .and_then(Value::as_u64)
         .map(|v| v.min(u64::from(u32::MAX)) as u32);
     if op != Op::Embedding {
@@ -636,7 +638,11 @@ async fn run(
 
     let user_key = header_str(headers, "x-llmesh-user")
         .map(str::to_string)
-        .or_else(|| body.get("user").and_then(Value::as_str).map(str::to_string));
+        .or_else(|| {
+            fields::get(&body, "user")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     let facts = Facts {
         user_key: user_key.as_deref(),
         task: header_str(headers, "x-llmesh-task"),
@@ -850,10 +856,13 @@ fn no_native_backend(why: &ApiError, route: &str, downgraded: Option<&str>) -> A
 /// The minimal shape each operation needs; everything else passes through to the provider.
 fn validate(op: Op, body: &Map<String, Value>) -> Result<(), ApiError> {
     match op {
-        Op::Chat => match body.get("messages") {
+        Op::Chat => match fields::get(body, "messages") {
             Some(Value::Array(m)) if !m.is_empty() => {
                 for (i, msg) in m.iter().enumerate() {
-                    if msg.get("role").and_then(Value::as_str).is_none() {
+                    if fields::get_in(msg, "role")
+                        .and_then(Value::as_str)
+                        .is_none()
+                    {
                         return Err(ApiError::bad_request(
                             Some(format!("messages[{i}].role")),
                             format!(
@@ -873,14 +882,14 @@ fn validate(op: Op, body: &Map<String, Value>) -> Result<(), ApiError> {
                 "llmesh: messages is required and must be an array of {\"role\", \"content\"} objects",
             )),
         },
-        Op::Completion => match body.get("prompt") {
+        Op::Completion => match fields::get(body, "prompt") {
             Some(Value::String(_) | Value::Array(_)) => Ok(()),
             _ => Err(ApiError::bad_request(
                 Some("prompt".into()),
                 "llmesh: prompt is required (a string or an array of strings)",
             )),
         },
-        Op::Embedding => match body.get("input") {
+        Op::Embedding => match fields::get(body, "input") {
             Some(Value::String(_) | Value::Array(_)) => Ok(()),
             _ => Err(ApiError::bad_request(
                 Some("input".into()),

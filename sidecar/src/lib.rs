@@ -16,6 +16,7 @@ pub mod cache;
 pub mod choose;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod handler;
 pub mod ingress;
 pub mod memory;

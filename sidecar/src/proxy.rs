@@ -174,8 +174,7 @@ pub async fn run(
             None => None,
         };
         ticket.backend = Some(idx);
-        call.body
-            .insert("model".into(), Value::String(b.spec.model.clone()));
+        crate::fields::set(call.body, "model", Value::String(b.spec.model.clone()));
 
         let mut last: Option<UpstreamError> = None;
         for try_n in 0..route.spec.retry.attempts {

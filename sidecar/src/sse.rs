@@ -17,6 +17,9 @@ pub struct SseEvent {
 pub struct SseParser {
     buf: BytesMut,
     event: String,
+    /// The event's only `data:` line so far, kept where it was read instead of copied.
+    first: Option<BytesMut>,
+    /// Its `data:` lines joined, once there is more than one.
     data: BytesMut,
     has_data: bool,
 }
@@ -41,9 +44,10 @@ impl SseParser {
             };
             let line = self.buf.split_to(pos);
             self.buf.advance(eol_len);
-            self.line(&line, out);
+            self.line(line, out);
         }
-        if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
+        let held = self.first.as_ref().map_or(self.data.len(), BytesMut::len);
+        if self.buf.len() + held > MAX_EVENT_BYTES {
             return Err("an event-stream event exceeded 16 MiB without ending");
         }
         Ok(())
@@ -53,12 +57,12 @@ impl SseParser {
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.buf.is_empty() {
             let line = self.buf.split();
-            self.line(&line, out);
+            self.line(line, out);
         }
         self.dispatch(out);
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    fn line(&mut self, mut line: BytesMut, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             self.dispatch(out);
             return;
@@ -66,31 +70,49 @@ impl SseParser {
         if line[0] == b':' {
             return; // comment, e.g. OpenRouter's `: OPENROUTER PROCESSING`
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
+        // The field name, and where its value starts (after `:` and one optional space).
+        let (field_end, value_start) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (
+                i,
+                if line.get(i + 1) == Some(&b' ') {
+                    i + 2
+                } else {
+                    i + 1
+                },
+            ),
+            None => (line.len(), line.len()),
         };
-        match field {
+        match &line[..field_end] {
             b"data" => {
+                line.advance(value_start);
+                if let Some(first) = self.first.take() {
+                    // A second line: from now on the lines are joined in `data`.
+                    self.data.extend_from_slice(&first);
+                }
                 if self.has_data {
                     self.data.extend_from_slice(b"\n");
+                    self.data.extend_from_slice(&line);
+                } else {
+                    self.first = Some(line);
                 }
-                self.data.extend_from_slice(value);
                 self.has_data = true;
             }
-            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
+            b"event" => {
+                self.event = String::from_utf8_lossy(&line[value_start..]).into_owned();
+            }
             _ => {} // id, retry and unknown fields do not matter to a proxy
         }
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
         if self.has_data {
+            let data = match self.first.take() {
+                Some(only) => only.freeze(),
+                None => self.data.split().freeze(),
+            };
             out.push(SseEvent {
                 event: std::mem::take(&mut self.event),
-                data: self.data.split().freeze(),
+                data,
             });
         } else {
             self.event.clear();

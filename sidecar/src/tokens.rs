@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 
 use llmesh_api::route::Complexity;
 
+use crate::fields;
+
 /// Tokens an image part is assumed to cost (a 1024x1024 high-detail image on OpenAI).
 pub const IMAGE_TOKENS: u32 = 765;
 
@@ -91,23 +93,25 @@ const REASONING_CUES: &[&str] = &[
 pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
     let mut tokens: u32 = 3;
     let mut complex = false;
-    let messages = body.get("messages").and_then(Value::as_array);
+    let messages = fields::get(body, "messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
     for m in messages.into_iter().flatten() {
         tokens += 4;
-        if let Some(content) = m.get("content") {
+        if let Some(content) = fields::get_in(m, "content") {
             tokens += content_tokens(content);
         }
-        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+        if let Some(calls) = fields::get_in(m, "tool_calls").and_then(Value::as_array) {
             complex = true;
             for c in calls {
-                if let Some(f) = c.get("function") {
+                if let Some(f) = fields::get_in(c, "function") {
                     tokens += f
-                        .get("name")
+                        .as_object()
+                        .and_then(|f| fields::get(f, "name"))
                         .and_then(Value::as_str)
                         .map_or(0, estimate_text);
                     tokens += f
-                        .get("arguments")
+                        .as_object()
+                        .and_then(|f| fields::get(f, "arguments"))
                         .and_then(Value::as_str)
                         .map_or(0, estimate_text);
                 }
@@ -115,14 +119,14 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
         }
     }
     // Legacy completions prompt.
-    if let Some(p) = body.get("prompt") {
+    if let Some(p) = fields::get(body, "prompt") {
         tokens += content_tokens(p);
     }
     // Embeddings input.
-    if let Some(i) = body.get("input") {
+    if let Some(i) = fields::get(body, "input") {
         tokens += content_tokens(i);
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+    if let Some(tools) = fields::get(body, "tools").and_then(Value::as_array) {
         complex |= !tools.is_empty();
         for t in tools {
             tokens += estimate_text(&t.to_string()) / 2 + 8;
@@ -137,8 +141,8 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
         complex = messages
             .into_iter()
             .flatten()
-            .filter_map(|m| m.get("content"))
-            .chain(body.get("prompt"))
+            .filter_map(|m| fields::get_in(m, "content"))
+            .chain(fields::get(body, "prompt"))
             .any(|c| any_text(c, &mut cue));
     }
     PromptFacts {

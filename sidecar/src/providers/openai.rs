@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -19,6 +20,7 @@ use super::{
     Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, redact,
     retry_after,
 };
+use crate::fields;
 use crate::sse::SseEvent;
 
 /// The OpenAI-compatible adapter.
@@ -61,7 +63,15 @@ pub fn url(backend: &Backend, op: Op) -> String {
             path(op),
             az.api_version
         ),
-        None => format!("{}/{}", backend.base_url, path(op)),
+        None => {
+            // Per request: joined by hand, without the formatting machinery.
+            let (base, path) = (backend.base_url.as_str(), path(op));
+            let mut url = String::with_capacity(base.len() + 1 + path.len());
+            url.push_str(base);
+            url.push('/');
+            url.push_str(path);
+            url
+        }
     }
 }
 
@@ -117,14 +127,13 @@ impl Provider for OpenAiFamily {
         let inject_usage = stream
             && op != Op::Embedding
             && injects_stream_usage(backend.provider)
-            && body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
+            && fields::get(body, "stream_options")
+                .and_then(|o| fields::get_in(o, "include_usage"))
                 .and_then(Value::as_bool)
                 != Some(true);
         let rename_max =
-            wants_max_tokens(backend.provider) && body.contains_key("max_completion_tokens");
-        let bytes = if inject_usage && !rename_max && !body.contains_key("stream_options") {
+            wants_max_tokens(backend.provider) && fields::has(body, "max_completion_tokens");
+        let bytes = if inject_usage && !rename_max && !fields::has(body, "stream_options") {
             // The common case: add the field to the serialised body instead of copying the map.
             serde_json::to_vec(body).map(|mut v| {
                 v.pop(); // the closing brace
@@ -223,7 +232,7 @@ fn http_request(
     bytes: Vec<u8>,
     stream: bool,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    let uri: http::Uri = url.parse().map_err(|e| {
+    let uri = http::Uri::try_from(url).map_err(|e| {
         UpstreamError::unsupported(format!(
             "backend `{}` has an invalid URL: {e}",
             backend.name
@@ -502,22 +511,26 @@ struct OpenAiStream {
     content_chunks: u64,
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
-}
+/// The keys every streamed chunk is searched for, each searcher built once: building one costs
+/// more than searching a chunk.
+static USAGE: std::sync::LazyLock<Finder<'static>> =
+    std::sync::LazyLock::new(|| Finder::new(b"\"usage\""));
+static FINISH_REASON: std::sync::LazyLock<Finder<'static>> =
+    std::sync::LazyLock::new(|| Finder::new(b"\"finish_reason\""));
 
-/// Whether `"key"` appears with a value other than `null` (compact or spaced JSON).
-fn has_non_null(hay: &[u8], key: &[u8]) -> bool {
-    let Some(i) = memchr::memmem::find(hay, key) else {
+/// Whether `key` (a `"quoted"` JSON key) appears with a value other than `null`, in compact or
+/// spaced JSON.
+fn has_non_null(hay: &[u8], key: &Finder<'_>) -> bool {
+    let Some(i) = key.find(hay) else {
         return false;
     };
-    let rest = &hay[i + key.len()..];
+    let rest = &hay[i + key.needle().len()..];
     let rest = rest
         .strip_prefix(b":")
         .or_else(|| rest.strip_prefix(b" :"))
         .unwrap_or(rest);
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-    !rest.starts_with(b"null") || contains(rest, key)
+    !rest.starts_with(b"null") || key.find(rest).is_some()
 }
 
 impl StreamDecoder for OpenAiStream {
@@ -532,8 +545,8 @@ impl StreamDecoder for OpenAiStream {
             return Ok(());
         }
         let mentions_error = ev.event == "error" || data.starts_with(b"{\"error\"");
-        let mentions_usage = has_non_null(&data, b"\"usage\"");
-        let mentions_finish = has_non_null(&data, b"\"finish_reason\"");
+        let mentions_usage = has_non_null(&data, &USAGE);
+        let mentions_finish = has_non_null(&data, &FINISH_REASON);
         if mentions_error || mentions_usage || mentions_finish {
             let env: Envelope = serde_json::from_slice(&data).map_err(|e| {
                 UpstreamError::retryable(

@@ -4,8 +4,9 @@
 # judged by (bench/run.py measures time, which a shared 2-core machine makes noisy).
 #
 #   bench/callgrind.sh [plain|stream] [seconds]      # prints instructions per request
+#   TARGET=hop bench/callgrind.sh [plain|stream]     # the same for llmesh-hop, the bare stack
 #
-# Leaves the profile in target/callgrind.<mode>.out for `callgrind_annotate`.
+# Leaves the profile in target/callgrind.<mode>.out (…<mode>.hop.out) for `callgrind_annotate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-plain}
@@ -27,9 +28,17 @@ spec:
     - {name: fake, provider: openaiCompatible, model: gpt-4o-mini-2024-07-18, baseUrl: "http://127.0.0.1:$fake/s/fast/v1"}
 YAML
 port=$((20000 + RANDOM % 20000))
-out="target/callgrind.$mode.out"
+target=${TARGET:-llmesh}
+out="target/callgrind.$mode${TARGET:+.$TARGET}.out"
+if [ "$target" = hop ]; then
+  cmd=("$bin/llmesh-hop" --upstream "127.0.0.1:$fake" --listen "127.0.0.1:$port")
+  path=/s/fast/v1/chat/completions
+else
+  cmd=("$bin/llmesh-sidecar" --config "$work/routes.yaml" --listen "127.0.0.1:$port")
+  path=/v1/chat/completions
+fi
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-  "$bin/llmesh-sidecar" --config "$work/routes.yaml" --listen "127.0.0.1:$port" >/dev/null 2>"$work/vg.err" &
+  "${cmd[@]}" >/dev/null 2>"$work/vg.err" &
 vg=$!
 for _ in $(seq 100); do curl -s "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 if [ "$mode" = stream ]; then
@@ -40,11 +49,11 @@ else
   extra=
 fi
 # Warm up (connection pools, lazily resolved metric handles), then count.
-"$bin/llmesh-bench" closed --url "http://127.0.0.1:$port/v1/chat/completions" --body "$body" --duration 2 --warmup 0 $extra >/dev/null
+"$bin/llmesh-bench" closed --url "http://127.0.0.1:$port$path" --body "$body" --duration 2 --warmup 0 $extra >/dev/null
 callgrind_control -i on "$vg" >/dev/null; sleep 1
-n=$("$bin/llmesh-bench" closed --url "http://127.0.0.1:$port/v1/chat/completions" --body "$body" --duration "$secs" --warmup 0 $extra \
+n=$("$bin/llmesh-bench" closed --url "http://127.0.0.1:$port$path" --body "$body" --duration "$secs" --warmup 0 $extra \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
 callgrind_control -i off "$vg" >/dev/null
 kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
 total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-echo "mode=$mode requests=$n instructions=$total per_request=$((total / n))"
+echo "target=$target mode=$mode requests=$n instructions=$total per_request=$((total / n))"

@@ -41,6 +41,8 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    // The sidecar raises its soft open-files limit to the hard one at start; so does the hop.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -56,8 +58,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
         Client::builder(TokioExecutor::new()).build(http);
     let builder = Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, as the sidecar does, and go on.
+                eprintln!("llmesh-hop: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let (client, upstream) = (client.clone(), args.upstream.clone());
         let svc = service_fn(move |req: http::Request<Incoming>| {
             let (client, upstream) = (client.clone(), upstream.clone());

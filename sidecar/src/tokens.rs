@@ -104,14 +104,10 @@ pub fn chat_prompt(body: &Map<String, Value>) -> PromptFacts {
             complex = true;
             for c in calls {
                 if let Some(f) = fields::get_in(c, "function") {
-                    tokens += f
-                        .as_object()
-                        .and_then(|f| fields::get(f, "name"))
+                    tokens += fields::get_in(f, "name")
                         .and_then(Value::as_str)
                         .map_or(0, estimate_text);
-                    tokens += f
-                        .as_object()
-                        .and_then(|f| fields::get(f, "arguments"))
+                    tokens += fields::get_in(f, "arguments")
                         .and_then(Value::as_str)
                         .map_or(0, estimate_text);
                 }

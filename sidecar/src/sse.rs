@@ -19,9 +19,9 @@ pub struct SseParser {
     event: String,
     /// The event's only `data:` line so far, kept where it was read instead of copied.
     first: Option<BytesMut>,
-    /// Its `data:` lines joined, once there is more than one.
+    /// Its `data:` lines joined, once there is more than one (never empty then: they are
+    /// joined by `\n`).
     data: BytesMut,
-    has_data: bool,
 }
 
 /// The largest event we hold while waiting for its end: a stream that never ends an event is broken.
@@ -85,17 +85,16 @@ impl SseParser {
         match &line[..field_end] {
             b"data" => {
                 line.advance(value_start);
-                if let Some(first) = self.first.take() {
-                    // A second line: from now on the lines are joined in `data`.
-                    self.data.extend_from_slice(&first);
-                }
-                if self.has_data {
+                if self.first.is_none() && self.data.is_empty() {
+                    self.first = Some(line);
+                } else {
+                    if let Some(first) = self.first.take() {
+                        // A second line: from now on the lines are joined in `data`.
+                        self.data.extend_from_slice(&first);
+                    }
                     self.data.extend_from_slice(b"\n");
                     self.data.extend_from_slice(&line);
-                } else {
-                    self.first = Some(line);
                 }
-                self.has_data = true;
             }
             b"event" => {
                 self.event = String::from_utf8_lossy(&line[value_start..]).into_owned();
@@ -105,19 +104,19 @@ impl SseParser {
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
-        if self.has_data {
-            let data = match self.first.take() {
-                Some(only) => only.freeze(),
-                None => self.data.split().freeze(),
-            };
-            out.push(SseEvent {
-                event: std::mem::take(&mut self.event),
-                data,
-            });
-        } else {
-            self.event.clear();
-        }
-        self.has_data = false;
+        let data = match self.first.take() {
+            Some(only) => only.freeze(),
+            None if !self.data.is_empty() => self.data.split().freeze(),
+            None => {
+                // No data line: nothing to dispatch.
+                self.event.clear();
+                return;
+            }
+        };
+        out.push(SseEvent {
+            event: std::mem::take(&mut self.event),
+            data,
+        });
     }
 }
 

@@ -29,13 +29,14 @@ spec:
 YAML
 port=$((20000 + RANDOM % 20000))
 target=${TARGET:-llmesh}
-out="target/callgrind.$mode${TARGET:+.$TARGET}.out"
 if [ "$target" = hop ]; then
   cmd=("$bin/llmesh-hop" --upstream "127.0.0.1:$fake" --listen "127.0.0.1:$port")
   path=/s/fast/v1/chat/completions
+  out="target/callgrind.$mode.hop.out"
 else
   cmd=("$bin/llmesh-sidecar" --config "$work/routes.yaml" --listen "127.0.0.1:$port")
   path=/v1/chat/completions
+  out="target/callgrind.$mode.out"
 fi
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "${cmd[@]}" >/dev/null 2>"$work/vg.err" &

@@ -5,6 +5,7 @@
 #
 #   bench/callgrind.sh [plain|stream] [seconds]      # prints instructions per request
 #   TARGET=hop bench/callgrind.sh [plain|stream]     # the same for llmesh-hop, the bare stack
+#   BODY="$(cat prompt.json)" bench/callgrind.sh     # another request body (a real prompt's size)
 #
 # Leaves the profile in target/callgrind.<mode>.out (…<mode>.hop.out) for `callgrind_annotate`.
 set -euo pipefail
@@ -49,6 +50,7 @@ else
   body='{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
   extra=
 fi
+body=${BODY:-$body}
 # Warm up (connection pools, lazily resolved metric handles), then count.
 "$bin/llmesh-bench" closed --url "http://127.0.0.1:$port$path" --body "$body" --duration 2 --warmup 0 $extra >/dev/null
 callgrind_control -i on "$vg" >/dev/null; sleep 1

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use llmesh_api::Strategy;
 use llmesh_api::route::MaxTokensPolicy;
 
 use crate::account::Ticket;
@@ -545,7 +546,10 @@ async fn run(
             .and_then(|o| fields::get_in(o, "include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-    let prompt = tokens::chat_prompt(&body);
+    // The cue search is a second pass over the prompt: only rules on complexity need it.
+    let cues = route.spec.strategy == Strategy::Rules
+        && route.spec.rules.iter().any(|r| r.complexity.is_some());
+    let prompt = tokens::chat_prompt(&body, cues);
     ticket.prompt_estimate = prompt.tokens;
 
     if let Some(max) = limits.max_input_tokens

@@ -27,7 +27,7 @@ fn elapsed_between(seen: &[Seen], from: usize, to: usize) -> Duration {
 
 /// Estimated prompt tokens of a chat body, as the sidecar counts them.
 fn prompt_tokens(body: &Value) -> u32 {
-    tokens::chat_prompt(body.as_object().unwrap()).tokens
+    tokens::chat_prompt(body.as_object().unwrap(), false).tokens
 }
 
 fn words(n: usize) -> String {

@@ -58,7 +58,7 @@ fn bad(param: impl Into<String>, message: impl AsRef<str>) -> ApiError {
 /// Translates an Anthropic Messages request into an OpenAI chat body.
 pub fn to_chat(body: Map<String, Value>, ctx: &Context<'_>) -> Result<Translated, ApiError> {
     let req = translate(body, true)?;
-    let input_estimate = tokens::chat_prompt(&req.body).tokens;
+    let input_estimate = tokens::chat_prompt(&req.body, false).tokens;
     let t = Messages {
         id: message_id(ctx.request_id),
         model: req.model,
@@ -78,7 +78,7 @@ pub fn count_tokens(raw: &[u8]) -> Result<(String, Bytes), ApiError> {
         )
     })?;
     let req = translate(body, false)?;
-    let n = tokens::chat_prompt(&req.body).tokens;
+    let n = tokens::chat_prompt(&req.body, false).tokens;
     let out = json!({ "input_tokens": n });
     Ok((req.model, Bytes::from(out.to_string())))
 }

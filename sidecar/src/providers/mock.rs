@@ -179,7 +179,7 @@ impl Answer {
             .and_then(Value::as_str)
             .unwrap_or("mock")
             .to_string();
-        let prompt_tokens = tokens::chat_prompt(body).tokens;
+        let prompt_tokens = tokens::chat_prompt(body, false).tokens;
         let messages = body.get("messages").and_then(Value::as_array);
         let last_role = messages
             .and_then(|m| m.last())

@@ -499,6 +499,12 @@ async fn run(
         Err(e) => fail!(e),
     };
     let passthrough = translation.as_ref().is_none_or(|t| t.passthrough());
+    // Whether `body` is still the parse of `raw`: then a provider may send `raw` on with the
+    // backend's model spliced in. Every change below clears it.
+    let mut verbatim = matches!(
+        endpoint,
+        Endpoint::Chat | Endpoint::Completion | Endpoint::Embedding
+    );
     let model = match fields::get(&body, "model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => fail!(ApiError::bad_request(
@@ -582,6 +588,7 @@ async fn run(
             match limits.max_tokens_policy {
                 MaxTokensPolicy::Clamp => {
                     body.insert(mt_key.into(), Value::from(limit));
+                    verbatim = false;
                     max_tokens = Some(limit);
                 }
                 MaxTokensPolicy::Reject => {
@@ -603,6 +610,7 @@ async fn run(
                 "max_tokens"
             };
             body.insert(key.into(), Value::from(d));
+            verbatim = false;
             max_tokens = Some(d);
         }
     }
@@ -684,6 +692,7 @@ async fn run(
                     && op != Op::Embedding
                 {
                     body.insert(mt_key.into(), Value::from(c));
+                    verbatim = false;
                     max_tokens = Some(c);
                 }
                 if let Some(r) = reservation {
@@ -766,6 +775,7 @@ async fn run(
     let call = Call {
         op,
         body: &mut body,
+        raw: verbatim.then_some(&raw[..]),
         stream,
         client_wants_usage,
         prompt_tokens: prompt.tokens,

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod runtime;
 pub mod server;
+pub mod splice;
 pub mod sse;
 pub mod tokens;
 pub mod transport;

@@ -34,6 +34,8 @@ pub struct Call<'a> {
     pub op: Op,
     /// The OpenAI-shaped body; `model` is rewritten per backend.
     pub body: &'a mut Map<String, Value>,
+    /// The client's body as it arrived, when `body` is its parse unchanged but for `model`.
+    pub raw: Option<&'a [u8]>,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// Whether the client asked for the usage chunk itself.
@@ -299,7 +301,7 @@ async fn attempt(
             .native_request(&b.spec, n, call.stream, call.max_tokens)?,
         None => b
             .provider
-            .request(&b.spec, call.op, call.body, call.stream)?,
+            .request(&b.spec, call.op, call.body, call.raw, call.stream)?,
     };
     let native = native.is_some();
     let timeout = |what: &str| {

@@ -90,6 +90,7 @@ impl Provider for Anthropic {
         backend: &Backend,
         op: Op,
         body: &Map<String, Value>,
+        _raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         if op != Op::Chat {

@@ -65,6 +65,7 @@ impl Provider for Gemini {
         backend: &Backend,
         op: Op,
         body: &Map<String, Value>,
+        _raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         if op != Op::Chat {

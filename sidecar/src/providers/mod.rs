@@ -245,12 +245,15 @@ pub trait Provider: Send + Sync {
     /// Whether the backend can serve `op` at all (Anthropic has no embeddings).
     fn supports(&self, op: Op) -> bool;
     /// The upstream request for an OpenAI-shaped body. `body["model"]` is already the
-    /// backend's model.
+    /// backend's model. `raw`, when given, is the client's body as it arrived: `body` is its
+    /// parse with nothing changed but `model`, so a provider that sends OpenAI's format can send
+    /// it on (see [`crate::splice`]) instead of serialising `body`.
     fn request(
         &self,
         backend: &Backend,
         op: Op,
         body: &Map<String, Value>,
+        raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError>;
     /// Classifies a non-2xx answer.

@@ -122,6 +122,7 @@ impl Provider for OpenAiFamily {
         backend: &Backend,
         op: Op,
         body: &Map<String, Value>,
+        raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let inject_usage = stream
@@ -133,15 +134,27 @@ impl Provider for OpenAiFamily {
                 != Some(true);
         let rename_max =
             wants_max_tokens(backend.provider) && fields::has(body, "max_completion_tokens");
-        let bytes = if inject_usage && !rename_max && !fields::has(body, "stream_options") {
+        const USAGE: &[u8] = br#""stream_options":{"include_usage":true}"#;
+        // The client's own bytes with the backend's model, when only the model (and perhaps
+        // the usage option, absent from the body) changes.
+        let adds_usage = inject_usage && !fields::has(body, "stream_options");
+        let spliced = raw
+            .filter(|_| !rename_max && (adds_usage || !inject_usage))
+            .and_then(|raw| {
+                let model = serde_json::to_vec(&backend.model).ok()?;
+                crate::splice::replace(raw, "model", &model, if adds_usage { USAGE } else { b"" })
+            });
+        let bytes = if let Some(b) = spliced {
+            Ok(b)
+        } else if adds_usage && !rename_max {
             // The common case: add the field to the serialised body instead of copying the map.
             serde_json::to_vec(body).map(|mut v| {
                 v.pop(); // the closing brace
-                if body.is_empty() {
-                    v.extend_from_slice(br#""stream_options":{"include_usage":true}}"#);
-                } else {
-                    v.extend_from_slice(br#","stream_options":{"include_usage":true}}"#);
+                if !body.is_empty() {
+                    v.push(b',');
                 }
+                v.extend_from_slice(USAGE);
+                v.push(b'}');
                 v
             })
         } else if inject_usage || rename_max {
@@ -299,6 +312,7 @@ impl Provider for Unsupported {
         backend: &Backend,
         _op: Op,
         _body: &Map<String, Value>,
+        _raw: Option<&[u8]>,
         _stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         Err(UpstreamError::unsupported(format!(

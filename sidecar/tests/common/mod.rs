@@ -322,6 +322,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The JSON body.
     pub body: Value,
+    /// The body's bytes.
+    pub raw: Bytes,
     /// When it arrived (tokio time, so exact under paused time).
     pub at: Instant,
 }
@@ -414,6 +416,7 @@ impl Transport for Scripted {
                     url: parts.uri.to_string(),
                     headers: parts.headers,
                     body: serde_json::from_slice(&bytes).expect("upstream body is JSON"),
+                    raw: bytes.clone(),
                     at: Instant::now(),
                 });
                 s.queue.pop_front().or_else(|| s.always.clone())

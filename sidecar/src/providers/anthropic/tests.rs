@@ -123,7 +123,7 @@ fn golden_requests() {
         let input = read_json(&input);
         let body = input.as_object().expect("object body");
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        let actual = match Anthropic.request(&backend(), Op::Chat, body, stream) {
+        let actual = match Anthropic.request(&backend(), Op::Chat, body, None, stream) {
             Ok(req) => {
                 let url = req.uri().to_string();
                 let sent: Value = serde_json::from_slice(&body_bytes(req)).expect("json body");
@@ -354,7 +354,7 @@ fn requests_carry_the_key_the_version_and_backend_headers() {
     let mut b = backend();
     let body = json!({"model": "claude-sonnet-4-5-20250929", "messages": [{"role": "user", "content": "hi"}]});
     let req = Anthropic
-        .request(&b, Op::Chat, body.as_object().expect("obj"), true)
+        .request(&b, Op::Chat, body.as_object().expect("obj"), None, true)
         .expect("request");
     assert_eq!(req.uri(), "https://api.anthropic.com/v1/messages");
     let h = req.headers();
@@ -370,7 +370,7 @@ fn requests_carry_the_key_the_version_and_backend_headers() {
         ("anthropic-beta".into(), "prompt-caching-2024-07-31".into()),
     ];
     let req = Anthropic
-        .request(&b, Op::Chat, body.as_object().expect("obj"), false)
+        .request(&b, Op::Chat, body.as_object().expect("obj"), None, false)
         .expect("request");
     let versions: Vec<_> = req.headers().get_all("anthropic-version").iter().collect();
     assert_eq!(versions, ["2024-01-01"]);

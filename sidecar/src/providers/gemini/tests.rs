@@ -126,7 +126,7 @@ fn golden_requests() {
         let input = read_json(&input);
         let body = input.as_object().expect("object body");
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        let actual = match Gemini.request(&backend(), Op::Chat, body, stream) {
+        let actual = match Gemini.request(&backend(), Op::Chat, body, None, stream) {
             Ok(req) => {
                 let url = req.uri().to_string();
                 let sent: Value = serde_json::from_slice(&body_bytes(req)).expect("json body");
@@ -401,7 +401,7 @@ fn requests_carry_the_key_and_pick_the_endpoint() {
         json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]});
     let body = body.as_object().expect("obj");
     let req = Gemini
-        .request(&backend(), Op::Chat, body, false)
+        .request(&backend(), Op::Chat, body, None, false)
         .expect("request");
     assert_eq!(
         req.uri(),
@@ -414,7 +414,7 @@ fn requests_carry_the_key_and_pick_the_endpoint() {
         "the key stays out of the URL"
     );
     let req = Gemini
-        .request(&backend(), Op::Chat, body, true)
+        .request(&backend(), Op::Chat, body, None, true)
         .expect("request");
     assert_eq!(
         req.uri(),
@@ -424,7 +424,7 @@ fn requests_carry_the_key_and_pick_the_endpoint() {
     let mut tuned = body.clone();
     tuned.insert("model".into(), "tunedModels/my-model-123".into());
     let req = Gemini
-        .request(&backend(), Op::Chat, &tuned, false)
+        .request(&backend(), Op::Chat, &tuned, None, false)
         .expect("request");
     assert_eq!(
         req.uri(),

@@ -42,18 +42,37 @@ fn chat(extra: Value) -> Map<String, Value> {
     body.as_object().unwrap().clone()
 }
 
-/// Builds the upstream request and returns it with its JSON body.
+/// Builds the upstream request and returns it with its JSON body. Built twice, from the parsed
+/// body and from the client's bytes (a client that sent another model), which must agree.
 fn request(
     b: &Backend,
     op: Op,
     body: &Map<String, Value>,
     stream: bool,
 ) -> (Request<Full<Bytes>>, Value) {
-    let req = OpenAiFamily.request(b, op, body, stream).unwrap();
-    let bytes = futures::executor::block_on(req.body().clone().collect())
-        .unwrap()
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap();
+    let json_of = |req: &Request<Full<Bytes>>| -> Value {
+        let bytes = futures::executor::block_on(req.body().clone().collect())
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    // As the proxy calls it: the body already names the backend's model.
+    let mut body = body.clone();
+    body.insert("model".into(), Value::from(b.model.as_str()));
+    let body = &body;
+    let req = OpenAiFamily.request(b, op, body, None, stream).unwrap();
+    let json = json_of(&req);
+    let mut sent = body.clone();
+    sent.insert("model".into(), Value::from("the-route"));
+    let raw = serde_json::to_vec(&sent).unwrap();
+    let spliced = OpenAiFamily
+        .request(b, op, body, Some(&raw), stream)
+        .unwrap();
+    assert_eq!(json_of(&spliced), json, "spliced from the client's bytes");
+    assert_eq!(
+        (spliced.uri(), spliced.headers()),
+        (req.uri(), req.headers())
+    );
     (req, json)
 }
 

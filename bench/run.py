@@ -34,6 +34,15 @@ RELEASE = REPO / "target" / "release"
 LITELLM_VERSION = "1.100.5"
 PLAIN = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}]}
 STREAM = dict(PLAIN, stream=True)
+# A prompt of a real request's size (4.4 KiB: a system message and about 600 words), since what
+# the sidecar does per byte (parsing, the token estimate, forwarding) is invisible in PLAIN.
+_WORDS = ("the quick brown fox jumps over the lazy dog while our service handles 1234 requests per "
+          "second and returns JSON with fields like user_id, created_at and total_cost; please "
+          "summarise the incident report, list the three most likely causes, and suggest what the "
+          "on-call engineer should check first.").split()
+PROMPT4K = {"model": "bench", "temperature": 0.2, "messages": [
+    {"role": "system", "content": "You are a careful assistant for an SRE team. Answer briefly and cite the log lines you used. " * 6},
+    {"role": "user", "content": " ".join(_WORDS[i % len(_WORDS)] for i in range(600))}]}
 # The overload run: a provider answering in SLOW_MS, so requests pile up in the sidecar.
 SLOW_MS = 250
 SLOW = dict(PLAIN, model="bench-slow")
@@ -333,6 +342,7 @@ def main():
 
         run("c1-plain", "closed", PLAIN, concurrency=1)
         run("c1-stream", "closed", STREAM, stream=True, concurrency=1)
+        run("c1-prompt4k", "closed", PROMPT4K, concurrency=1)
         # The same, with every process on one CPU: at concurrency 1 each hop otherwise wakes an
         # idle vCPU (tens of microseconds on a VM), which the direct baseline never pays.
         pin_all(targets, 1)
@@ -399,7 +409,7 @@ def report(res):
             cells.append(f"{a / b:.0f}x" if a is not None and b and b > 0 else "-")
         lines.append(f"| {scn} | {label} | {get(base):g} | " + " | ".join(cells) + " |")
 
-    for scn in ("c1-plain", "c1-plain-1cpu", "rate100-plain", "rate1000-plain", "rate5000-plain"):
+    for scn in ("c1-plain", "c1-plain-1cpu", "c1-prompt4k", "rate100-plain", "rate1000-plain", "rate5000-plain"):
         row(scn, "p50 us", lambda r: (r["latency_us"] or {}).get("p50"))
         row(scn, "p99 us", lambda r: (r["latency_us"] or {}).get("p99"))
         row(scn, "p99.9 us", lambda r: (r["latency_us"] or {}).get("p999"))

@@ -50,8 +50,9 @@ pub struct Ticket {
     pub variant: Option<String>,
     /// Cache result: hit, miss, bypass, off.
     pub cache: &'static str,
-    /// Estimated prompt tokens (used when the provider reports no usage).
-    pub prompt_estimate: u32,
+    /// Estimated prompt tokens, for a provider that reports no usage and a client that goes
+    /// away: see [`Ticket::prompt_tokens`].
+    pub prompt_estimate: PromptEstimate,
     /// Tokens taken from the tokens-per-minute bucket at admission.
     pub tpm_reserved: u64,
     /// Budget reservations to settle.
@@ -65,7 +66,26 @@ pub struct Ticket {
     done: bool,
 }
 
+/// A prompt's token estimate, made before the call when routing or limits need it, else only
+/// if the answer comes without usage.
+#[derive(Clone, Debug)]
+pub enum PromptEstimate {
+    /// Estimated already.
+    Known(u32),
+    /// Not yet: the client's OpenAI-shaped body, to estimate from if it comes to that.
+    Later(bytes::Bytes),
+}
+
 impl Ticket {
+    /// The prompt's estimated tokens, estimated now if nothing needed them before.
+    pub fn prompt_tokens(&self) -> u32 {
+        match &self.prompt_estimate {
+            PromptEstimate::Known(n) => *n,
+            PromptEstimate::Later(raw) => serde_json::from_slice(raw)
+                .map_or(0, |body| crate::tokens::chat_prompt(&body, false).tokens),
+        }
+    }
+
     /// A ticket for a request that just arrived.
     pub fn new(app: Arc<App>, request_id: String, op: Op, path: String) -> Self {
         Self {
@@ -85,7 +105,7 @@ impl Ticket {
             rule: None,
             variant: None,
             cache: "off",
-            prompt_estimate: 0,
+            prompt_estimate: PromptEstimate::Known(0),
             tpm_reserved: 0,
             reservations: Vec::new(),
             in_flight: None,
@@ -245,7 +265,7 @@ impl Drop for Ticket {
         // A ticket dropped unfinished is a request whose client went away mid-flight.
         if !self.done {
             let estimate = (self.backend.is_some() && self.attempts > 0).then(|| Usage {
-                prompt: u64::from(self.prompt_estimate),
+                prompt: u64::from(self.prompt_tokens()),
                 estimated: true,
                 ..Usage::default()
             });

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use llmesh_api::Strategy;
 use llmesh_api::route::MaxTokensPolicy;
 
-use crate::account::Ticket;
+use crate::account::{PromptEstimate, Ticket};
 use crate::app::App;
 use crate::budget::Admission;
 use crate::cache::Hit;
@@ -552,11 +552,41 @@ async fn run(
             .and_then(|o| fields::get_in(o, "include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-    // The cue search is a second pass over the prompt: only rules on complexity need it.
-    let cues = route.spec.strategy == Strategy::Rules
-        && route.spec.rules.iter().any(|r| r.complexity.is_some());
-    let prompt = tokens::chat_prompt(&body, cues);
-    ticket.prompt_estimate = prompt.tokens;
+    // The estimate reads every byte of the prompt (about 13 instructions each): made now only
+    // when something before the call reads it. Otherwise it waits for an answer without usage
+    // or a client that goes away, which estimate from the client's bytes.
+    let rules = route.spec.strategy == Strategy::Rules;
+    let cues = rules && route.spec.rules.iter().any(|r| r.complexity.is_some());
+    let estimate_now = !verbatim
+        || cues
+        || limits.max_input_tokens.is_some()
+        || route.tpm.is_some()
+        || !route.budgets.is_empty()
+        || matches!(route.spec.strategy, Strategy::Cost | Strategy::Hybrid)
+        || rules
+            && route
+                .spec
+                .rules
+                .iter()
+                .any(|r| r.min_prompt_tokens.is_some() || r.max_prompt_tokens.is_some())
+        || route
+            .backends
+            .iter()
+            .any(|b| b.spec.context_window.is_some());
+    let prompt = if estimate_now {
+        let p = tokens::chat_prompt(&body, cues);
+        ticket.prompt_estimate = PromptEstimate::Known(p.tokens);
+        p
+    } else {
+        // A stream outlives this body: keep a copy of its own size, not the read buffer a
+        // slice of it may hold.
+        ticket.prompt_estimate = PromptEstimate::Later(if stream {
+            Bytes::copy_from_slice(&raw)
+        } else {
+            raw.clone()
+        });
+        tokens::PromptFacts::default()
+    };
 
     if let Some(max) = limits.max_input_tokens
         && prompt.tokens > max
@@ -789,7 +819,9 @@ async fn run(
                 headers: &native_headers,
             }),
     };
-    match proxy::run(route, &plan, call, &mut ticket).await {
+    let outcome = proxy::run(route, &plan, call, &mut ticket).await;
+    let asked = &body;
+    match outcome {
         Err(e) => fail!(e),
         Ok(Outcome::Full {
             body,
@@ -799,7 +831,11 @@ async fn run(
             // A provider that reports no usage is still charged, at an estimate marked as such.
             let usage = usage.or_else(|| {
                 Some(crate::providers::Usage {
-                    prompt: u64::from(prompt.tokens),
+                    prompt: u64::from(if estimate_now {
+                        prompt.tokens
+                    } else {
+                        tokens::chat_prompt(asked, false).tokens
+                    }),
                     output: u64::from(tokens::answer_output(&body)),
                     estimated: true,
                     ..Default::default()

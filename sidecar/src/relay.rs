@@ -278,7 +278,7 @@ impl Relay {
         match self.decoder.usage() {
             Some(u) => u,
             None => Usage {
-                prompt: u64::from(ticket.prompt_estimate),
+                prompt: u64::from(ticket.prompt_tokens()),
                 output: self.decoder.output_estimate(),
                 estimated: true,
                 ..Usage::default()

@@ -725,6 +725,58 @@ async fn a_401_falls_back_and_takes_the_backend_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_prompt_is_measured_for_context_windows_cost_and_size_rules_alone() {
+    // No route has a limit or a budget: only the window, the price or a rule on size reads the
+    // prompt's size.
+    let (app, up) = app(&format!(
+        "{}\n---\n{}\n---\n{}",
+        route(
+            "windows",
+            r#"
+            backends:
+              - {name: small, provider: openai, model: gpt-4o-mini-2024-07-18, secretRef: {name: openai, key: api-key}, contextWindow: 1000}
+              - {name: big, provider: openai, model: gpt-4.1-2025-04-14, secretRef: {name: openai, key: api-key}, contextWindow: 128000}
+            "#
+        ),
+        route(
+            "priced",
+            r#"
+            strategy: cost
+            backends:
+              - {name: dear-in, provider: openai, model: gpt-4o-2024-08-06, secretRef: {name: openai, key: api-key}, prices: {input: "10.00", output: "0.10"}}
+              - {name: dear-out, provider: openai, model: gpt-4o-2024-08-06, secretRef: {name: openai, key: api-key}, prices: {input: "0.10", output: "10.00"}}
+            "#
+        ),
+        route(
+            "sized",
+            r#"
+            strategy: rules
+            rules:
+              - {name: long, match: {minPromptTokens: 1000}, backends: [long]}
+            backends:
+              - {name: usual, provider: openai, model: gpt-4o-mini-2024-07-18, secretRef: {name: openai, key: api-key}, weight: 1}
+              - {name: long, provider: openai, model: gpt-4.1-2025-04-14, secretRef: {name: openai, key: api-key}, weight: 0}
+            "#
+        ),
+    ));
+    for b in ["small", "big", "dear-in", "dear-out", "usual", "long"] {
+        up.always(b, Reply::ok(b, 5, 1));
+    }
+    assert_eq!(post(hello("windows")).send(&app).await.backend(), "small");
+    let r = post(chat_body("windows", &words(2_000))).send(&app).await;
+    assert_eq!(r.backend(), "big");
+    assert_eq!(up.count("small"), 1, "skipped, not tried");
+    // 256 output tokens assumed: a short prompt is cheaper where input is dear, a long one
+    // where output is.
+    assert_eq!(post(hello("priced")).send(&app).await.backend(), "dear-in");
+    let long = post(chat_body("priced", &words(2_000))).send(&app).await;
+    assert_eq!(long.backend(), "dear-out");
+    assert_eq!(post(hello("sized")).send(&app).await.backend(), "usual");
+    let long = post(chat_body("sized", &words(2_000))).send(&app).await;
+    assert_eq!(long.backend(), "long");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_context_window_error_falls_back_to_a_larger_window_only() {
     let (app, up) = app(&route(
         "chat",
@@ -1605,12 +1657,39 @@ async fn usage_the_provider_does_not_report_is_estimated_and_marked() {
             &[("type", "output"), ("estimated", "true")]
         ) >= 3.0
     );
+    // The route needs no estimate before the call (no limit, budget, rule or context window):
+    // it is made from the client's body when the answer brings no usage, and is the same.
+    let input = || {
+        metric(
+            &app,
+            "llmesh_tokens_total",
+            &[("type", "input"), ("estimated", "true")],
+        )
+    };
+    let mut expected = f64::from(prompt_tokens(&streaming("chat")));
+    assert_eq!(input(), expected);
 
     // A complete answer without usage.
     up.push("a", Reply::ok_no_usage("Four words of answer"));
     let r = post(hello("chat")).send(&app).await;
     assert_eq!(r.status, 200);
     assert!(r.header("x-llmesh-cost-usd").is_some());
+    expected += f64::from(prompt_tokens(&hello("chat")));
+    assert_eq!(input(), expected);
+
+    // A stream the client leaves after its first chunk is charged its prompt too.
+    let long = {
+        let mut b = chat_body("chat", &words(300));
+        b["stream"] = json!(true);
+        b
+    };
+    up.push("a", Reply::sse(vec![Part::Data(role_chunk()), Part::Hang]));
+    let resp = post(long.clone()).start(&app).await;
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    tokio::task::yield_now().await;
+    expected += f64::from(prompt_tokens(&long));
+    assert_eq!(input(), expected);
     assert!(
         metric(
             &app,

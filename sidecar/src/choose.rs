@@ -115,6 +115,36 @@ fn first_choice(route: &RouteState, facts: &Facts<'_>, now: Instant) -> (usize, 
     }
 }
 
+/// What choosing a backend on `route` reads of the prompt: its size (rules on prompt tokens,
+/// context windows, the cost-ranked strategies), and its reasoning cues (rules on complexity,
+/// which also read the size). Callers estimate the prompt before choosing only when it does.
+pub fn reads_prompt(route: &RouteState) -> PromptReads {
+    let rules = route.spec.strategy == Strategy::Rules;
+    let cues = rules && route.spec.rules.iter().any(|r| r.complexity.is_some());
+    let size = cues
+        || matches!(route.spec.strategy, Strategy::Cost | Strategy::Hybrid)
+        || rules
+            && route
+                .spec
+                .rules
+                .iter()
+                .any(|r| r.min_prompt_tokens.is_some() || r.max_prompt_tokens.is_some())
+        || route
+            .backends
+            .iter()
+            .any(|b| b.spec.context_window.is_some());
+    PromptReads { size, cues }
+}
+
+/// What [`reads_prompt`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromptReads {
+    /// The estimated tokens.
+    pub size: bool,
+    /// The reasoning cues.
+    pub cues: bool,
+}
+
 /// Whether the request fits the backend's context window and the backend serves the operation.
 fn fits(b: &BackendState, facts: &Facts<'_>) -> bool {
     let need = u64::from(facts.prompt.tokens) + u64::from(facts.max_tokens.unwrap_or(0));

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use llmesh_api::Strategy;
 use llmesh_api::route::MaxTokensPolicy;
 
 use crate::account::{PromptEstimate, Ticket};
@@ -553,28 +552,17 @@ async fn run(
             .and_then(Value::as_bool)
             == Some(true);
     // The estimate reads every byte of the prompt (about 13 instructions each): made now only
-    // when something before the call reads it. Otherwise it waits for an answer without usage
-    // or a client that goes away, which estimate from the client's bytes.
-    let rules = route.spec.strategy == Strategy::Rules;
-    let cues = rules && route.spec.rules.iter().any(|r| r.complexity.is_some());
+    // when routing, a limit or a budget reads it, or when the client's bytes are not the chat
+    // body (a translated format). Otherwise it waits for an answer without usage or a client
+    // that goes away, and is made then from the client's bytes.
+    let reads = choose::reads_prompt(route);
     let estimate_now = !verbatim
-        || cues
+        || reads.size
         || limits.max_input_tokens.is_some()
         || route.tpm.is_some()
-        || !route.budgets.is_empty()
-        || matches!(route.spec.strategy, Strategy::Cost | Strategy::Hybrid)
-        || rules
-            && route
-                .spec
-                .rules
-                .iter()
-                .any(|r| r.min_prompt_tokens.is_some() || r.max_prompt_tokens.is_some())
-        || route
-            .backends
-            .iter()
-            .any(|b| b.spec.context_window.is_some());
+        || !route.budgets.is_empty();
     let prompt = if estimate_now {
-        let p = tokens::chat_prompt(&body, cues);
+        let p = tokens::chat_prompt(&body, reads.cues);
         ticket.prompt_estimate = PromptEstimate::Known(p.tokens);
         p
     } else {

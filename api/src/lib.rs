@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod compile;
 pub mod condition;
+pub mod delta;
 pub mod duration;
 pub mod manifest;
 pub mod money;
@@ -20,6 +21,7 @@ pub const GROUP: &str = "llmesh.io";
 pub const API_VERSION: &str = "llmesh.io/v1alpha1";
 
 pub use budget::{BudgetAction, BudgetLimit, BudgetPeriod, LLMBudgetSpec, LLMBudgetStatus};
+pub use delta::SnapshotDelta;
 pub use route::{BackendSpec, LLMRouteSpec, LLMRouteStatus, ProviderKind, SecretKeyRef, Strategy};
 pub use snapshot::Snapshot;
 

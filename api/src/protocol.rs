@@ -10,6 +10,12 @@
 //! - `200 OK`: the body is the full [`crate::Snapshot`] as JSON; its `version` (also in the
 //!   [`VERSION_HEADER`] response header) differs from the one asked with. Answered at once when
 //!   the pod's snapshot already differs, otherwise as soon as it changes.
+//! - With `&delta=1` (a sidecar that can apply deltas), the `200` may instead carry a
+//!   [`crate::SnapshotDelta`] from the version asked with, marked by the [`DELTA_BASE_HEADER`]
+//!   response header naming that version: only the routes that changed, the routes removed,
+//!   and the budgets if any changed. The sidecar checks that applying it reproduces the
+//!   announced version and otherwise polls again without a version, for the whole snapshot.
+//!   An operator that does not know the version asked with answers with the whole snapshot.
 //! - `304 Not Modified`: nothing changed for [`HOLD`]; poll again.
 //! - `401 Unauthorized`: the token is missing, expired, for another audience, or not bound to a
 //!   Pod. `403 Forbidden`: the token is valid but the operator refuses it (for example the Pod
@@ -29,6 +35,10 @@ pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 pub const VERSION_PARAM: &str = "version";
 /// Response header carrying the version of the snapshot in the body.
 pub const VERSION_HEADER: &str = "x-llmesh-snapshot-version";
+/// Query parameter by which a sidecar says it applies deltas (`delta=1`).
+pub const DELTA_PARAM: &str = "delta";
+/// Response header marking a `200` whose body is a delta; its value is the delta's base version.
+pub const DELTA_BASE_HEADER: &str = "x-llmesh-snapshot-base";
 /// The audience sidecar tokens are issued for and checked against.
 pub const AUDIENCE: &str = "llmesh";
 /// How long the operator holds a poll whose version is current before answering 304.
@@ -46,13 +56,26 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// Builds the query string for a poll from the version the sidecar serves.
-pub fn snapshot_query(version: Option<&str>) -> String {
+/// Builds the query string for a poll from the version the sidecar serves, and whether it
+/// takes a delta from that version.
+pub fn snapshot_query(version: Option<&str>, delta: bool) -> String {
     let v = version.unwrap_or_default();
     // Versions are hex digests; anything else is dropped rather than escaped, so a corrupted
     // cache file cannot smuggle query syntax.
     let v: String = v.chars().filter(char::is_ascii_alphanumeric).collect();
-    format!("{SNAPSHOT_PATH}?{VERSION_PARAM}={v}")
+    if delta && !v.is_empty() {
+        format!("{SNAPSHOT_PATH}?{VERSION_PARAM}={v}&{DELTA_PARAM}=1")
+    } else {
+        format!("{SNAPSHOT_PATH}?{VERSION_PARAM}={v}")
+    }
+}
+
+/// Whether a poll's query string asks for a delta (`delta=1`).
+pub fn wants_delta(query: Option<&str>) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv == "delta=1")
 }
 
 /// The longest `retry-after` a sidecar honours from the operator, so a wrong header cannot
@@ -95,12 +118,20 @@ mod tests {
     #[test]
     fn the_query_round_trips_and_drops_junk() {
         assert_eq!(
-            snapshot_query(Some("00ab12")),
+            snapshot_query(Some("00ab12"), false),
             "/v1/snapshot?version=00ab12"
         );
-        assert_eq!(snapshot_query(None), "/v1/snapshot?version=");
-        let q = snapshot_query(Some("ab&x=1"));
+        assert_eq!(snapshot_query(None, false), "/v1/snapshot?version=");
+        let q = snapshot_query(Some("ab&x=1"), false);
         assert_eq!(q, "/v1/snapshot?version=abx1");
+        // A delta needs a base: without a version the whole snapshot is asked for.
+        let q = snapshot_query(Some("00ab12"), true);
+        assert_eq!(q, "/v1/snapshot?version=00ab12&delta=1");
+        assert!(wants_delta(q.split_once('?').map(|(_, q)| q)));
+        assert_eq!(snapshot_query(None, true), "/v1/snapshot?version=");
+        assert!(!wants_delta(Some("version=00ab12")));
+        assert!(!wants_delta(Some("version=00ab12&delta=0")));
+        assert!(!wants_delta(None));
         assert_eq!(version_from_query(Some("wait=1&version=00ab12")), "00ab12");
         assert_eq!(version_from_query(Some("version=")), "");
         assert_eq!(version_from_query(None), "");

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub sidecars_connected: IntGauge,
     /// Poll answers by code (`200`, `304`, `401`, `403`, `503`).
     pub polls: IntCounterVec,
+    /// Bytes of snapshots sent, by form (`full`, `delta`).
+    pub snapshot_bytes: IntCounterVec,
     /// TokenReviews sent to the API server, by result (`ok`, `rejected`, `error`).
     pub token_reviews: IntCounterVec,
     /// Admission reviews by result (`injected`, `already`, `skipped`, `error`).
@@ -132,6 +134,12 @@ impl Metrics {
                 "llmesh_operator_snapshot_polls_total",
                 "Snapshot poll answers by status code",
                 &["code"],
+            ),
+            snapshot_bytes: counter_vec(
+                &r,
+                "llmesh_operator_snapshot_bytes_total",
+                "Bytes of snapshots sent to sidecars, whole (full) or as changes (delta)",
+                &["form"],
             ),
             token_reviews: counter_vec(
                 &r,

@@ -1,6 +1,8 @@
-//! `GET /v1/snapshot?version=V`: the sidecar's long-poll (see `llmesh_api::protocol`).
-//! Answers at once when the pod's snapshot differs from `V`, holds otherwise until it changes
-//! or [`HOLD`] passes (304), and ends held polls promptly when the operator shuts down.
+//! `GET /v1/snapshot?version=V[&delta=1]`: the sidecar's long-poll (see
+//! `llmesh_api::protocol`). Answers at once when the pod's snapshot differs from `V` (with
+//! only the changes from `V` when the sidecar takes deltas and `V` is still known), holds
+//! otherwise until it changes or [`HOLD`] passes (304), and ends held polls promptly when the
+//! operator shuts down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use llmesh_api::protocol::{ErrorBody, HOLD, VERSION_HEADER, version_from_query};
+use llmesh_api::protocol::{
+    DELTA_BASE_HEADER, ErrorBody, HOLD, VERSION_HEADER, version_from_query, wants_delta,
+};
 use tokio::sync::watch;
 
 use crate::auth::{AuthError, Authenticator};
@@ -78,6 +82,7 @@ impl Poller {
 
     async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         let serving = version_from_query(req.uri().query());
+        let delta = wants_delta(req.uri().query()) && !serving.is_empty();
         let authorization = req
             .headers()
             .get(AUTHORIZATION)
@@ -124,13 +129,30 @@ impl Poller {
             if let Some(p) = current
                 && p.version != serving
             {
-                return Response::builder()
+                let mut r = Response::builder()
                     .status(StatusCode::OK)
                     .header(CONTENT_TYPE, "application/json")
                     .header(CACHE_CONTROL, "no-store")
-                    .header(VERSION_HEADER, p.version.as_str())
-                    .body(Full::new(p.body.clone()))
-                    .unwrap_or_default();
+                    .header(VERSION_HEADER, p.version.as_str());
+                // A delta when the sidecar takes one, its base is still known here, and it is
+                // smaller than the whole.
+                let changes = delta
+                    .then(|| sub.base(&serving))
+                    .flatten()
+                    .map(|base| p.delta_from(&base))
+                    .filter(|d| d.len() < p.body.len());
+                let (body, form) = match changes {
+                    Some(d) => {
+                        r = r.header(DELTA_BASE_HEADER, serving.as_str());
+                        (d, "delta")
+                    }
+                    None => (p.body.clone(), "full"),
+                };
+                self.metrics
+                    .snapshot_bytes
+                    .with_label_values(&[form])
+                    .inc_by(body.len() as u64);
+                return r.body(Full::new(body)).unwrap_or_default();
             }
             tokio::select! {
                 changed = sub.rx.changed() => {

@@ -350,7 +350,7 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
     runtime.block_on(async move {
         let app = app(args, keys);
         tokio::spawn(llmesh_sidecar::memory::trim_loop());
-        let version = operator_client::start_from_disk(&app, &source);
+        let served = operator_client::start_from_disk(&app, &source);
         let listener = match server::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -363,7 +363,7 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
             operator = %source.url,
             "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
         );
-        tokio::spawn(operator_client::run(app.clone(), source, version));
+        tokio::spawn(operator_client::run(app.clone(), source, served));
         server::serve(app.clone(), listener, shutdown_signal(), grace).await;
         app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS

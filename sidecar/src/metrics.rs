@@ -69,6 +69,8 @@ pub struct Metrics {
     pub budget_alerts: IntCounterVec,
     /// `llmesh_config_reloads_total`: by result.
     pub reloads: IntCounterVec,
+    /// `llmesh_config_deltas_total`: snapshot deltas from the operator, `applied` or `refused`.
+    pub deltas: IntCounterVec,
     /// `llmesh_config_info`: 1, labelled with the serving version.
     pub config_info: IntGaugeVec,
     /// `llmesh_access_log_dropped_total`: lines dropped because the writer fell behind.
@@ -255,6 +257,12 @@ impl Metrics {
                 &r,
                 "llmesh_config_reloads_total",
                 "Config loads by result: ok, invalid.",
+                &["result"],
+            ),
+            deltas: counter(
+                &r,
+                "llmesh_config_deltas_total",
+                "Snapshot deltas from the operator by result: applied, refused (then the whole snapshot is fetched).",
                 &["result"],
             ),
             config_info: gauge(

@@ -7,6 +7,9 @@
 //!   says so in its log.
 //! - Each `200` is applied, then written to disk (mode 0600, atomically); a `304` confirms the
 //!   current one. The disk copy is never deleted: an unreachable operator means "keep serving".
+//! - Polls ask for deltas (`delta=1`): an edit of one route sends that route. A delta is applied
+//!   to the snapshot served, and kept only if the result has exactly the version the operator
+//!   announced; otherwise the next poll asks for the whole snapshot.
 //! - Failures back off exponentially (0.5 s to 30 s, jittered) and are logged when the state
 //!   changes, not on every retry. The token file is re-read on every poll (the kubelet rotates
 //!   it). Neither the token nor any key is ever logged.
@@ -22,8 +25,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use llmesh_api::Snapshot;
-use llmesh_api::protocol::{self, CLIENT_TIMEOUT, ErrorBody, snapshot_query};
+use llmesh_api::protocol::{self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, ErrorBody, snapshot_query};
+use llmesh_api::{Snapshot, SnapshotDelta};
 
 use crate::app::App;
 
@@ -115,8 +118,8 @@ fn save_cache(path: &Path, body: &[u8]) -> std::io::Result<()> {
 }
 
 /// Serves the snapshot on disk, if any, and says what the sidecar is doing. Returns the
-/// version it serves.
-pub fn start_from_disk(app: &App, source: &OperatorSource) -> Option<String> {
+/// snapshot it serves.
+pub fn start_from_disk(app: &App, source: &OperatorSource) -> Option<Snapshot> {
     match load_cache(&source.cache_path) {
         Some(snapshot) => {
             app.apply(&snapshot);
@@ -129,7 +132,7 @@ pub fn start_from_disk(app: &App, source: &OperatorSource) -> Option<String> {
                 "serving the last snapshot from disk (possibly stale) until the operator at {} answers",
                 source.url
             );
-            Some(snapshot.version)
+            Some(snapshot)
         }
         None => {
             tracing::warn!(
@@ -168,8 +171,9 @@ enum Trouble {
     Invalid(String),
 }
 
-/// Polls the operator forever, applying each new snapshot to `app`.
-pub async fn run(app: Arc<App>, source: OperatorSource, mut version: Option<String>) {
+/// Polls the operator forever, applying each new snapshot to `app`; `served` is what it
+/// serves now (from disk), the base of the first delta.
+pub async fn run(app: Arc<App>, source: OperatorSource, mut served: Option<Snapshot>) {
     let client = match client(&source.ca_pem) {
         Ok(c) => c,
         Err(e) => {
@@ -179,10 +183,12 @@ pub async fn run(app: Arc<App>, source: OperatorSource, mut version: Option<Stri
     };
     let mut backoff = Backoff(BACKOFF_MIN);
     let mut trouble = Trouble::None;
+    let mut whole = false;
     loop {
-        let (next, wait) = poll_once(&app, &client, &source, &mut version).await;
+        let (next, wait) = poll_once(&app, &client, &source, &mut served, &mut whole).await;
         if next != trouble {
-            report(&app, &next, &version, &source);
+            let version = served.as_ref().map(|s| s.version.as_str());
+            report(&app, &next, version, &source);
             trouble = next;
         }
         match wait {
@@ -199,7 +205,7 @@ enum Wait {
     For(Duration),
 }
 
-fn report(app: &App, t: &Trouble, version: &Option<String>, source: &OperatorSource) {
+fn report(app: &App, t: &Trouble, version: Option<&str>, source: &OperatorSource) {
     let serving = match version {
         Some(v) if app.stale.load(std::sync::atomic::Ordering::Relaxed) => {
             format!("serving snapshot {v} from disk")
@@ -224,11 +230,13 @@ fn report(app: &App, t: &Trouble, version: &Option<String>, source: &OperatorSou
     }
 }
 
+/// One poll. `whole` asks for the whole snapshot rather than a delta (after a refused delta).
 async fn poll_once(
     app: &App,
     client: &HttpsClient,
     source: &OperatorSource,
-    version: &mut Option<String>,
+    served: &mut Option<Snapshot>,
+    whole: &mut bool,
 ) -> (Trouble, Wait) {
     let token = match std::fs::read_to_string(&source.token_file) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -238,7 +246,7 @@ async fn poll_once(
     let uri = format!(
         "{}{}",
         source.url.trim_end_matches('/'),
-        snapshot_query(version.as_deref())
+        snapshot_query(served.as_ref().map(|s| s.version.as_str()), !*whole)
     );
     let req = match Request::get(&uri)
         .header(AUTHORIZATION, format!("Bearer {token}"))
@@ -268,6 +276,7 @@ async fn poll_once(
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok()),
     );
+    let is_delta = resp.headers().contains_key(DELTA_BASE_HEADER);
     let body = match tokio::time::timeout(
         CLIENT_TIMEOUT,
         Limited::new(resp.into_body(), MAX_SNAPSHOT_BYTES).collect(),
@@ -289,22 +298,25 @@ async fn poll_once(
         }
     };
     match status {
+        StatusCode::OK if is_delta => match apply_delta(served.as_ref(), &body) {
+            Ok(snapshot) => {
+                app.metrics.deltas.with_label_values(&["applied"]).inc();
+                let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
+                serve(app, source, served, snapshot, &bytes, true);
+                (Trouble::None, Wait::Now)
+            }
+            Err(e) => {
+                // Nothing is lost: the snapshot served stays, and the whole new one is next.
+                app.metrics.deltas.with_label_values(&["refused"]).inc();
+                tracing::warn!(error = %e, "refused a snapshot delta from the operator; asking for the whole snapshot");
+                *whole = true;
+                (Trouble::None, Wait::Now)
+            }
+        },
         StatusCode::OK => match serde_json::from_slice::<Snapshot>(&body) {
             Ok(snapshot) => {
-                app.apply(&snapshot);
-                app.metrics.reloads.with_label_values(&["ok"]).inc();
-                let was_stale = app.stale.swap(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    version = %snapshot.version,
-                    routes = snapshot.routes.len(),
-                    budgets = snapshot.budgets.len(),
-                    resynced = was_stale,
-                    "applied a snapshot from the operator"
-                );
-                if let Err(e) = save_cache(&source.cache_path, &body) {
-                    tracing::warn!(path = %source.cache_path.display(), error = %e, "cannot save the snapshot to disk; a restart without the operator would start empty");
-                }
-                *version = Some(snapshot.version);
+                serve(app, source, served, snapshot, &body, false);
+                *whole = false;
                 (Trouble::None, Wait::Now)
             }
             Err(e) => {
@@ -329,6 +341,40 @@ async fn poll_once(
             (Trouble::Refused(code.as_u16(), message), wait)
         }
     }
+}
+
+/// The snapshot a delta (`body`) makes of the one served, checked against its version.
+fn apply_delta(served: Option<&Snapshot>, body: &[u8]) -> Result<Snapshot, String> {
+    let delta: SnapshotDelta =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable delta: {e}"))?;
+    let base = served.ok_or("a delta came, but this sidecar serves no snapshot")?;
+    delta.apply(base).map_err(|e| e.to_string())
+}
+
+/// Serves `snapshot` (encoded as `bytes`), keeps it on disk and as the base of the next delta.
+fn serve(
+    app: &App,
+    source: &OperatorSource,
+    served: &mut Option<Snapshot>,
+    snapshot: Snapshot,
+    bytes: &[u8],
+    delta: bool,
+) {
+    app.apply(&snapshot);
+    app.metrics.reloads.with_label_values(&["ok"]).inc();
+    let was_stale = app.stale.swap(false, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        version = %snapshot.version,
+        routes = snapshot.routes.len(),
+        budgets = snapshot.budgets.len(),
+        delta,
+        resynced = was_stale,
+        "applied a snapshot from the operator"
+    );
+    if let Err(e) = save_cache(&source.cache_path, bytes) {
+        tracing::warn!(path = %source.cache_path.display(), error = %e, "cannot save the snapshot to disk; a restart without the operator would start empty");
+    }
+    *served = Some(snapshot);
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -379,6 +425,34 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert!(load_cache(&path).is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_delta_is_applied_to_the_snapshot_served_or_refused_with_the_reason() {
+        let served = llmesh_api::compile::assemble(Vec::new(), Vec::new()).unwrap();
+        let delta = SnapshotDelta {
+            base: served.version.clone(),
+            version: served.version.clone(),
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&delta).unwrap();
+        assert_eq!(apply_delta(Some(&served), &body).unwrap(), served);
+        let e = apply_delta(None, &body).unwrap_err();
+        assert!(e.contains("serves no snapshot"), "{e}");
+        let e = apply_delta(Some(&served), b"{\"base\":1}").unwrap_err();
+        assert!(e.starts_with("unreadable delta"), "{e}");
+        let other = SnapshotDelta {
+            base: "0123456789abcdef".into(),
+            ..delta.clone()
+        };
+        let e = apply_delta(Some(&served), &serde_json::to_vec(&other).unwrap()).unwrap_err();
+        assert!(e.contains("applies to snapshot 0123456789abcdef"), "{e}");
+        let wrong = SnapshotDelta {
+            version: "0123456789abcdef".into(),
+            ..delta
+        };
+        let e = apply_delta(Some(&served), &serde_json::to_vec(&wrong).unwrap()).unwrap_err();
+        assert!(e.contains("produced content with version"), "{e}");
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Args {
     /// Keep the operator's log at this path (default: deleted with the control plane).
     #[arg(long)]
     operator_log: Option<PathBuf>,
+    /// Sidecars ask for whole snapshots only (the protocol before deltas), for comparison.
+    #[arg(long)]
+    no_deltas: bool,
 }
 
 #[tokio::main]
@@ -221,13 +224,16 @@ async fn measure(
 
     // --- pods and tokens --------------------------------------------------------------------
     let t = Instant::now();
-    // One more pod for the background polls, if any: the last one.
+    // One more pod for the background polls, if any: the last one. And one that reads the
+    // whole snapshot now and then (the sidecars may receive only deltas), so that no
+    // measured sidecar's poll is disturbed.
     let extra = usize::from(args.background_polls > 0.0);
-    let pods = cluster::create_pods(client, &ns, n + extra, args.api_concurrency).await?;
+    let pods = cluster::create_pods(client, &ns, n + 1 + extra, args.api_concurrency).await?;
     let pods_s = t.elapsed();
     let t = Instant::now();
     let mut tokens = cluster::pod_tokens(client, &ns, &pods, args.api_concurrency).await?;
     let background_token = if extra > 0 { tokens.pop() } else { None };
+    let probe = tokens.pop().unwrap_or_default();
     let tokens_s = t.elapsed();
     println!(
         "setup: {n} pods in {:.2?}, {n} Pod-bound tokens in {:.2?}",
@@ -242,7 +248,7 @@ async fn measure(
     )?;
     let meter = Meter::start("connect", &procs, op).await;
     let t = Instant::now();
-    let (fleet, rx) = Fleet::start(&target, tokens);
+    let (fleet, rx) = Fleet::start(&target, tokens, !args.no_deltas);
     let mut tracker = Tracker::new(n, rx);
     tracker.expect_routes(1);
     let all_connected = tracker.wait_all(t + args.timeout).await;
@@ -258,7 +264,7 @@ async fn measure(
             phases[0].pushes
         );
     }
-    let first_snapshot_bytes = tracker.serving[0].as_ref().map_or(0, |v| v.bytes);
+    let first_snapshot_bytes = sidecars::whole_snapshot_bytes(&target, &probe).await?;
     println!(
         "connect: all {n} sidecars serving the first snapshot ({}) {:.2?} after starting them (per sidecar p50 {:.1} ms, p99 {:.1} ms)",
         report::bytes(first_snapshot_bytes as f64),
@@ -293,12 +299,7 @@ async fn measure(
         let all_serving = t.elapsed();
         let from_first = arrivals(&tracker, t);
         let from_last = arrivals(&tracker, t + created);
-        let size = tracker
-            .serving
-            .iter()
-            .flatten()
-            .find(|v| v.routes == r + 1)
-            .map_or(0, |v| v.bytes);
+        let size = sidecars::whole_snapshot_bytes(&target, &probe).await?;
         phases.push(meter.finish(&procs, op, tracker.take_phase()).await);
         println!(
             "routes: {r} created in {:.2?}; {} of {n} sidecars serving all {} routes {:.2?} after the first create ({:.2?} after the last); snapshot {}",
@@ -557,7 +558,7 @@ async fn change_phase(
         let size = versions
             .first()
             .and_then(|(v, _)| v.as_ref())
-            .map_or(0, |v| v.bytes);
+            .and_then(|v| v.bytes);
         println!(
             "edit {:>3}: {} {reached}/{n} sidecars in {:>7.1} ms (p50 {:>6.1}, p99 {:>6.1}); apply call {:>5.1} ms ({early} had it before it returned); pushed {}",
             k + 1,

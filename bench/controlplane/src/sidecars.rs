@@ -3,12 +3,15 @@
 //! with the pod's bearer token, apply each `200` at once and poll again, poll again after a
 //! `304`, back off (0.5 s doubling to 30 s, jittered) on errors, honour `retry-after` on `503`.
 //!
+//! Like the sidecar, each asks for deltas (`delta=1`) unless the fleet is started without
+//! them (`--no-deltas`, the protocol before deltas).
+//!
 //! A task reports every answer to the [`Tracker`] with the instant its body was complete. It
 //! does not parse the snapshot (a thousand sidecars would be parsing on the operator's two
-//! cores); the route count of each distinct version is read once, by the first sidecar that
-//! receives it, and shared.
+//! cores); the route names of each distinct version are read once, by the first sidecar that
+//! receives it (from a whole snapshot, or a delta and the names of its base), and shared.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,7 +23,9 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use llmesh_api::protocol::{self, CLIENT_TIMEOUT, VERSION_HEADER, snapshot_query};
+use llmesh_api::protocol::{
+    self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, VERSION_HEADER, snapshot_query,
+};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -33,31 +38,72 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct Version {
     /// The content version.
     pub id: String,
-    /// Routes in the snapshot.
+    /// Routes in the snapshot (`usize::MAX`: its body could not be read).
     pub routes: usize,
-    /// Size of the snapshot's JSON.
-    pub bytes: usize,
+    /// Size of the whole snapshot's JSON, when a sidecar received it whole.
+    pub bytes: Option<usize>,
+    /// `(namespace, name)` of its routes, to follow deltas from it.
+    names: BTreeSet<(String, String)>,
 }
 
-/// Versions seen so far: the route count of each is read from the first body that carries it.
+/// A route's identity, as snapshots and deltas carry it (the rest is skipped unread).
+#[derive(serde::Deserialize)]
+struct Name {
+    namespace: String,
+    name: String,
+}
+
+/// Versions seen so far: the routes of each are read from the first body that carries it.
 #[derive(Default)]
 pub struct Catalog(parking_lot::Mutex<HashMap<String, Arc<OnceLock<Arc<Version>>>>>);
 
 impl Catalog {
-    fn info(&self, id: &str, body: &[u8]) -> Arc<Version> {
+    /// Version `id`, from a whole snapshot (`base` None) or a delta from `base`.
+    fn info(&self, id: &str, body: &[u8], base: Option<&Version>) -> Arc<Version> {
         let cell = self.0.lock().entry(id.to_string()).or_default().clone();
         cell.get_or_init(|| {
-            #[derive(serde::Deserialize)]
-            struct Count {
-                routes: Vec<serde::de::IgnoredAny>,
-            }
-            let routes = serde_json::from_slice::<Count>(body)
-                .map(|c| c.routes.len())
-                .unwrap_or(usize::MAX);
+            let unreadable = || {
+                Arc::new(Version {
+                    id: id.to_string(),
+                    routes: usize::MAX,
+                    bytes: None,
+                    names: BTreeSet::new(),
+                })
+            };
+            let (names, bytes) = match base {
+                None => {
+                    #[derive(serde::Deserialize)]
+                    struct Whole {
+                        routes: Vec<Name>,
+                    }
+                    let Ok(w) = serde_json::from_slice::<Whole>(body) else {
+                        return unreadable();
+                    };
+                    let names = w.routes.into_iter().map(|r| (r.namespace, r.name));
+                    (names.collect(), Some(body.len()))
+                }
+                Some(base) => {
+                    #[derive(serde::Deserialize)]
+                    struct Delta {
+                        routes: Vec<Name>,
+                        removed: Vec<Name>,
+                    }
+                    let Ok(d) = serde_json::from_slice::<Delta>(body) else {
+                        return unreadable();
+                    };
+                    let mut names = base.names.clone();
+                    for r in d.removed {
+                        names.remove(&(r.namespace, r.name));
+                    }
+                    names.extend(d.routes.into_iter().map(|r| (r.namespace, r.name)));
+                    (names, None)
+                }
+            };
             Arc::new(Version {
                 id: id.to_string(),
-                routes,
-                bytes: body.len(),
+                routes: names.len(),
+                bytes,
+                names,
             })
         })
         .clone()
@@ -126,8 +172,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts one sidecar per token; their reports go to the returned channel.
-    pub fn start(target: &Target, tokens: Vec<String>) -> (Self, mpsc::UnboundedReceiver<Event>) {
+    /// Starts one sidecar per token, asking for deltas when `deltas`; their reports go to the
+    /// returned channel.
+    pub fn start(
+        target: &Target,
+        tokens: Vec<String>,
+        deltas: bool,
+    ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let catalog = Arc::new(Catalog::default());
         let mut tasks = JoinSet::new();
@@ -138,6 +189,7 @@ impl Fleet {
                 token,
                 tx.clone(),
                 catalog.clone(),
+                deltas,
             ));
         }
         (Self { tasks }, rx)
@@ -186,6 +238,7 @@ async fn sidecar(
     token: String,
     tx: mpsc::UnboundedSender<Event>,
     catalog: Arc<Catalog>,
+    deltas: bool,
 ) {
     let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
         let _ = tx.send(Event {
@@ -198,7 +251,7 @@ async fn sidecar(
     drop(token);
     auth.set_sensitive(true);
     let host = HeaderValue::from_str(&target.addr.to_string()).expect("an address is a header");
-    let mut version = String::new();
+    let mut serving: Option<Arc<Version>> = None;
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
     let mut backoff = Backoff(BACKOFF_MIN);
     let report = |answer: Answer| {
@@ -209,10 +262,14 @@ async fn sidecar(
         });
     };
     loop {
-        let (answer, wait) = poll(&target, &mut sender, &version, &auth, &host, &catalog).await;
+        let asked = Ask {
+            serving: serving.as_deref(),
+            deltas,
+        };
+        let (answer, wait) = poll(&target, &mut sender, asked, &auth, &host, &catalog).await;
         let wait = match (&answer, wait) {
             (Answer::Snapshot { version: v, .. }, _) => {
-                version = v.id.clone();
+                serving = Some(v.clone());
                 backoff = Backoff(BACKOFF_MIN);
                 None
             }
@@ -230,11 +287,20 @@ async fn sidecar(
     }
 }
 
+/// What a poll asks with: the version served, and whether a delta from it will do.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    /// The version served.
+    pub serving: Option<&'a Version>,
+    /// Whether to ask for a delta.
+    pub deltas: bool,
+}
+
 /// One poll: the answer, and for a `503` with `retry-after` how long to wait.
 async fn poll(
     target: &Target,
     sender: &mut Option<SendRequest<Empty<Bytes>>>,
-    version: &str,
+    ask: Ask<'_>,
     auth: &HeaderValue,
     host: &HeaderValue,
     catalog: &Catalog,
@@ -251,7 +317,8 @@ async fn poll(
         *sender = None;
         return failed("connection closed");
     }
-    let req = Request::get(snapshot_query(Some(version)))
+    let version = ask.serving.map(|v| v.id.as_str());
+    let req = Request::get(snapshot_query(version, ask.deltas))
         .header(HOST, host.clone())
         .header(AUTHORIZATION, auth.clone())
         .body(Empty::new())
@@ -278,6 +345,7 @@ async fn poll(
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let is_delta = resp.headers().contains_key(DELTA_BASE_HEADER);
     let body = match tokio::time::timeout(CLIENT_TIMEOUT, resp.into_body().collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         _ => {
@@ -286,15 +354,16 @@ async fn poll(
         }
     };
     match status {
-        StatusCode::OK => match header_version {
-            Some(v) => (
+        StatusCode::OK => match (header_version, is_delta) {
+            (None, _) => failed("200 without a version header"),
+            (Some(_), true) if ask.serving.is_none() => failed("a delta without a base"),
+            (Some(v), delta) => (
                 Answer::Snapshot {
-                    version: catalog.info(&v, &body),
+                    version: catalog.info(&v, &body, ask.serving.filter(|_| delta)),
                     bytes: body.len(),
                 },
                 None,
             ),
-            None => failed("200 without a version header"),
         },
         StatusCode::NOT_MODIFIED => (Answer::NotModified, None),
         code => {
@@ -331,7 +400,7 @@ pub fn background_polls(
                     return;
                 };
                 let v = version.lock().clone();
-                let req = Request::get(snapshot_query(Some(&v)))
+                let req = Request::get(snapshot_query(Some(&v), false))
                     .header(HOST, host)
                     .header(AUTHORIZATION, auth)
                     .body(Empty::new())
@@ -349,6 +418,37 @@ pub fn background_polls(
             });
         }
     })
+}
+
+/// The size of the whole snapshot the pod behind `token` runs now: one poll without a
+/// version, then one with the version received, abandoned, so the operator counts the pod as
+/// serving it (its rollout counts stay whole).
+pub async fn whole_snapshot_bytes(target: &Target, token: &str) -> Result<usize> {
+    let mut s = connect(target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} failed"))?;
+    let get = |version: Option<&str>| {
+        Request::get(snapshot_query(version, false))
+            .header(HOST, target.addr.to_string())
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::new())
+    };
+    let resp = tokio::time::timeout(CLIENT_TIMEOUT, s.send_request(get(None)?)).await??;
+    anyhow::ensure!(resp.status() == StatusCode::OK, "HTTP {}", resp.status());
+    let version = resp
+        .headers()
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let size = resp.into_body().collect().await?.to_bytes().len();
+    s.ready().await?;
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        s.send_request(get(Some(&version))?),
+    )
+    .await;
+    Ok(size)
 }
 
 /// Counts of answers over a window.
@@ -519,12 +619,24 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    /// A whole snapshot's body with routes `names` in namespace `n`.
+    fn whole(names: &[&str]) -> String {
+        let routes: Vec<String> = names
+            .iter()
+            .map(|r| format!(r#"{{"namespace":"n","name":"{r}","model":"m"}}"#))
+            .collect();
+        format!(
+            r#"{{"version":"x","routes":[{}],"budgets":[]}}"#,
+            routes.join(",")
+        )
+    }
+
     fn snap(catalog: &Catalog, idx: usize, id: &str, body: &str) -> Event {
         Event {
             idx,
             at: Instant::now(),
             answer: Answer::Snapshot {
-                version: catalog.info(id, body.as_bytes()),
+                version: catalog.info(id, body.as_bytes(), None),
                 bytes: body.len(),
             },
         }
@@ -535,22 +647,43 @@ mod tests {
         let (_tx, rx) = mpsc::unbounded_channel();
         let catalog = Catalog::default();
         let mut t = Tracker::new(2, rx);
-        t.record(snap(&catalog, 0, "a", r#"{"routes":[1]}"#));
-        t.record(snap(&catalog, 1, "a", r#"{"routes":[1]}"#));
+        let (a, b, c) = (whole(&["a"]), whole(&["a", "b"]), whole(&["a", "b", "c"]));
+        t.record(snap(&catalog, 0, "a", &a));
+        t.record(snap(&catalog, 1, "a", &a));
         t.expect_change();
-        t.record(snap(&catalog, 0, "a", r#"{"routes":[1]}"#));
+        t.record(snap(&catalog, 0, "a", &a));
         assert_eq!(t.reached_count(), 0);
-        t.record(snap(&catalog, 0, "b", r#"{"routes":[1,2]}"#));
+        t.record(snap(&catalog, 0, "b", &b));
         let first = t.reached[0];
-        t.record(snap(&catalog, 0, "c", r#"{"routes":[1,2,3]}"#));
+        t.record(snap(&catalog, 0, "c", &c));
         assert_eq!(t.reached[0], first, "the first arrival counts");
         assert_eq!(t.reached_count(), 1);
         let w = t.take_window();
-        assert_eq!((w.snapshots, w.bytes), (5, 14 + 14 + 14 + 16 + 18));
+        let sent = 3 * a.len() + b.len() + c.len();
+        assert_eq!((w.snapshots, w.bytes), (5, sent as u64));
         t.expect_routes(3);
         assert_eq!(t.reached_count(), 1, "sidecar 0 already serves 3 routes");
         t.record(snap(&catalog, 1, "c", "ignored: the catalog knows c"));
         assert_eq!(t.reached_count(), 2);
         assert_eq!(t.serving_versions()[0].1, 2);
+    }
+
+    #[test]
+    fn a_delta_version_has_its_base_routes_less_the_removed_plus_the_sent() {
+        let catalog = Catalog::default();
+        let base = catalog.info("v1", whole(&["a", "b", "c"]).as_bytes(), None);
+        assert_eq!(
+            (base.routes, base.bytes),
+            (3, Some(whole(&["a", "b", "c"]).len()))
+        );
+        let delta = r#"{"base":"v1","version":"v2","routes":[{"namespace":"n","name":"b"},{"namespace":"n","name":"d"},{"namespace":"n","name":"e"}],"removed":[{"namespace":"n","name":"a"}]}"#;
+        let v2 = catalog.info("v2", delta.as_bytes(), Some(&base));
+        assert_eq!(
+            (v2.routes, v2.bytes),
+            (4, None),
+            "b c d e; its whole size unseen"
+        );
+        let junk = catalog.info("v3", b"{}", Some(&v2));
+        assert_eq!(junk.routes, usize::MAX);
     }
 }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use llmesh_api::compile::assemble;
 use llmesh_api::snapshot::{Budget, Route};
 
-use super::Published;
 use super::state::{AssemblyKey, State};
+use super::{Content, Published};
 use crate::metrics::Metrics;
 use crate::selector;
 
@@ -75,6 +75,8 @@ pub(super) fn for_pod(
     }
     let route_keys: Vec<(super::Key, u64)> =
         routes.iter().map(|(k, _, s)| ((*k).clone(), *s)).collect();
+    let served: Vec<Arc<Route>> = routes.iter().map(|(_, r, _)| Arc::clone(r)).collect();
+    let mut served_budgets: Vec<Arc<Budget>> = budgets.iter().map(|(b, _)| Arc::clone(b)).collect();
     let route_values: Vec<Route> = routes.iter().map(|(_, r, _)| Route::clone(r)).collect();
     let budget_values: Vec<Budget> = budgets.iter().map(|(b, _)| Budget::clone(b)).collect();
     let snapshot = match assemble(route_values.clone(), budget_values) {
@@ -83,16 +85,19 @@ pub(super) fn for_pod(
             // Conflicts and budget references are checked before this point, so this is a
             // bug; serving the routes without budgets beats serving nothing.
             tracing::error!(namespace = ns, error = %e, "snapshot assembly failed; serving routes without budgets");
+            served_budgets.clear();
             assemble(route_values, Vec::new()).unwrap_or_default()
         }
     };
     let body = serde_json::to_vec(&snapshot).unwrap_or_default();
     metrics.snapshots_encoded.inc();
-    let published = Arc::new(Published {
+    let content = Arc::new(Content {
         version: snapshot.version.clone(),
-        body: Bytes::from(body),
-        routes: route_keys,
+        routes: served,
+        budgets: served_budgets,
     });
+    st.remember(content.clone());
+    let published = Arc::new(Published::new(content, Bytes::from(body), route_keys));
     st.assembled.insert(key, published.clone());
     published
 }

@@ -24,7 +24,8 @@ use bytes::Bytes;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use llmesh_api::compile::{compile_budget, compile_route};
-use llmesh_api::{LLMBudget, LLMRoute};
+use llmesh_api::snapshot::{Budget, Route};
+use llmesh_api::{LLMBudget, LLMRoute, SnapshotDelta};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -46,6 +47,58 @@ pub struct Published {
     pub body: Bytes,
     /// The routes in it, each with the compile sequence number it was assembled from.
     pub routes: Vec<(Key, u64)>,
+    /// What is in it, as the base of later deltas and the target of this one's.
+    pub content: Arc<Content>,
+    /// Deltas to this snapshot, encoded, by base version: one encoding per base, shared by
+    /// every pod moving from that base.
+    deltas: Mutex<Vec<(String, Bytes)>>,
+}
+
+/// A snapshot's content, without its encoding.
+#[derive(Debug)]
+pub struct Content {
+    /// The snapshot's content version.
+    pub version: String,
+    /// The routes, in snapshot order (shared with the hub's compiled routes).
+    pub routes: Vec<Arc<Route>>,
+    /// The budgets, in snapshot order.
+    pub budgets: Vec<Arc<Budget>>,
+}
+
+/// Deltas kept per snapshot: the bases its pods serve while a rollout reaches them (one, or
+/// a few when edits come faster than sidecars poll).
+const DELTAS_KEPT: usize = 8;
+
+impl Published {
+    /// A snapshot of `content`, encoded as `body`.
+    pub fn new(content: Arc<Content>, body: Bytes, routes: Vec<(Key, u64)>) -> Self {
+        Self {
+            version: content.version.clone(),
+            body,
+            routes,
+            content,
+            deltas: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// This snapshot as a delta from `base`, encoded once per base.
+    pub fn delta_from(&self, base: &Content) -> Bytes {
+        let mut kept = self.deltas.lock();
+        if let Some((_, body)) = kept.iter().find(|(v, _)| *v == base.version) {
+            return body.clone();
+        }
+        let next = &self.content;
+        let delta = SnapshotDelta::between(
+            (&base.version, &base.routes, &base.budgets),
+            (&next.version, &next.routes, &next.budgets),
+        );
+        let body = Bytes::from(serde_json::to_vec(&delta).unwrap_or_default());
+        if kept.len() >= DELTAS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((base.version.clone(), body.clone()));
+        body
+    }
 }
 
 /// Who a sidecar is, from its verified token.
@@ -74,6 +127,14 @@ pub struct Subscription {
     uid: String,
     /// Receives the pod's snapshot whenever it changes.
     pub rx: watch::Receiver<Option<Arc<Published>>>,
+}
+
+impl Subscription {
+    /// The content of the snapshot this pod's sidecar serves as `version`, while the hub
+    /// still holds it: the base of a delta.
+    pub fn base(&self, version: &str) -> Option<Arc<Content>> {
+        self.hub.state.lock().base(&self.uid, version)
+    }
 }
 
 impl Drop for Subscription {

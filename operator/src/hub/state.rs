@@ -1,7 +1,7 @@
 //! The hub's state: compiled routes and budgets, connected pods, shared encoded snapshots, and
 //! the per-route rollout counts derived from them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use llmesh_api::route::LabelSelector;
 use llmesh_api::snapshot::{Budget, Route};
 use tokio::sync::watch;
 
-use super::Published;
+use super::{Content, Published};
 use crate::outcome::{self, Outcome};
 use crate::status::Rollout;
 
@@ -148,8 +148,15 @@ pub(super) struct State {
     pub budgets: BTreeMap<Key, BudgetEntry>,
     pub pods: HashMap<String, PodEntry>,
     pub assembled: HashMap<AssemblyKey, Arc<Published>>,
+    /// The contents of the last snapshots assembled, newest last: bases for deltas to
+    /// sidecars that are a few versions behind (light: the routes are shared `Arc`s).
+    pub recent: VecDeque<Arc<Content>>,
     pub rollouts: HashMap<Key, Rollout>,
 }
+
+/// Snapshot contents kept as delta bases. A fleet fetching while routes are created in bulk
+/// lags by several snapshots; past this it gets the whole one.
+const RECENT_KEPT: usize = 64;
 
 impl State {
     /// Routes of `ns`, in name order.
@@ -196,6 +203,28 @@ impl State {
             }
         }
         changed
+    }
+
+    /// Keeps `content` as a base for deltas.
+    pub fn remember(&mut self, content: Arc<Content>) {
+        if self.recent.len() == RECENT_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(content);
+    }
+
+    /// The content of snapshot `version`, if the hub still holds it: the base of a delta to
+    /// pod `uid`, whose sidecar serves it.
+    pub fn base(&self, uid: &str, version: &str) -> Option<Arc<Content>> {
+        let pod = self.pods.get(uid);
+        let current = pod.and_then(|p| p.tx.borrow().clone());
+        let previous = pod.and_then(|p| p.previous.clone());
+        current
+            .into_iter()
+            .chain(previous)
+            .map(|p| p.content.clone())
+            .chain(self.recent.iter().rev().cloned())
+            .find(|c| c.version == version)
     }
 
     /// Forgets encoded snapshots no connected pod runs.

@@ -288,3 +288,84 @@ backends: [{name: a, provider: mock, model: m}]
     // Where no selector reads anything, every pod is alike.
     assert!(super::assemble::relevant_labels(&c, keys.get("quiet")).is_empty());
 }
+
+#[test]
+fn an_edit_reaches_pods_as_a_delta_encoded_once_per_base() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    for i in 0..100 {
+        add_route(
+            &mut st,
+            "team",
+            &format!("r{i:03}"),
+            &CHAT.replace("model: m", &format!("model: m{i}")),
+        );
+    }
+    let before = for_pod(&mut st, &m, "team", &labels(&[]));
+    add_route(
+        &mut st,
+        "team",
+        "r042",
+        &CHAT.replace("model: m", "model: edited"),
+    );
+    st.routes.remove(&("team".to_string(), "r007".to_string()));
+    let after = for_pod(&mut st, &m, "team", &labels(&[]));
+
+    let delta = after.delta_from(&before.content);
+    for _ in 0..1000 {
+        let again = after.delta_from(&before.content);
+        assert_eq!(again.as_ptr(), delta.as_ptr(), "encoded once, shared");
+    }
+    let d: llmesh_api::SnapshotDelta = serde_json::from_slice(&delta).unwrap();
+    assert_eq!(
+        d.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["r042"]
+    );
+    assert_eq!(d.removed.len(), 1);
+    assert_eq!(d.removed[0].name, "r007");
+    // What the sidecar builds from its snapshot and the delta is, byte for byte, what the
+    // hub would have sent whole.
+    let served: llmesh_api::Snapshot = serde_json::from_slice(&before.body).unwrap();
+    let rebuilt = d.apply(&served).unwrap();
+    assert_eq!(serde_json::to_vec(&rebuilt).unwrap(), after.body);
+    assert!(
+        delta.len() * 50 < after.body.len(),
+        "delta {} bytes, whole {}",
+        delta.len(),
+        after.body.len()
+    );
+}
+
+#[test]
+fn a_delta_base_is_found_for_a_sidecar_a_few_snapshots_behind() {
+    let mut st = State::default();
+    let m = Metrics::new();
+    let mut versions = Vec::new();
+    for i in 0..70 {
+        add_route(
+            &mut st,
+            "team",
+            "chat",
+            &CHAT.replace("model: m", &format!("model: m{i}")),
+        );
+        versions.push(for_pod(&mut st, &m, "team", &labels(&[])));
+    }
+    connect(&mut st, "a", versions[0].clone(), &versions[0].version, 1);
+    // The pod's own snapshot, whatever came since.
+    let base = st
+        .base("a", &versions[0].version)
+        .expect("the pod's current");
+    assert!(Arc::ptr_eq(&base, &versions[0].content));
+    // v60 was handed over while v61 came: the sidecar asks from v60, and the pod's
+    // previous, v0, is still known too.
+    let pod = st.pods.get_mut("a").unwrap();
+    pod.publish(versions[60].clone());
+    pod.publish(versions[61].clone());
+    let base = st.base("a", &versions[60].version).expect("recent");
+    assert!(Arc::ptr_eq(&base, &versions[60].content));
+    assert!(st.base("a", &versions[0].version).is_some());
+    // The last 64 assembled are kept, the ones before are not.
+    assert!(st.base("a", &versions[6].version).is_some());
+    assert!(st.base("a", &versions[5].version).is_none());
+    assert!(st.base("a", "unknown").is_none());
+}

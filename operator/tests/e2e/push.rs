@@ -24,6 +24,16 @@ spec:
   fallbacks: []
 ";
 
+const OTHER: &str = "
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata: {name: other}
+spec:
+  backends:
+    - {name: one, provider: mock, model: m-one, weight: 50}
+    - {name: two, provider: mock, model: m-two, weight: 50}
+";
+
 /// Applies the weights and measures until the sidecar answers from the expected backend.
 async fn set_weights(routes: &Api<LLMRoute>, blue: u32, green: u32) -> Result<Instant> {
     let patch = json!({"spec": {"backends": [
@@ -44,6 +54,9 @@ async fn a_sidecar_serves_the_route_and_follows_edits_within_a_second() -> Resul
     webhook_ready(env).await?;
     let ns = env.cp.create_namespace("push").await?;
     let out = apply(env, &ns, ROUTE).await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    // A second route, left alone: an edit of `chat` is sent as a delta without it.
+    let out = apply(env, &ns, OTHER).await?;
     assert!(out.status.success(), "{}", output_text(&out));
     let (_pod, token) = injected_pod_token(env, &ns, "web").await?;
     let cache = env.dir.join(format!("{ns}-web.json"));
@@ -115,6 +128,25 @@ async fn a_sidecar_serves_the_route_and_follows_edits_within_a_second() -> Resul
     let gone = deleted.elapsed();
     eprintln!("route delete -> 404 at the sidecar: {gone:.1?}");
     assert!(gone < Duration::from_secs(1), "took {gone:?}");
+
+    // After the first snapshot every change came as a delta (three edits: two splits and the
+    // delete), none was refused, and the copy on disk is what the sidecar serves.
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", sc.port)).await?;
+    let applied = sample(&metrics, "llmesh_config_deltas_total{result=\"applied\"}");
+    assert!(applied >= 3.0, "{applied} deltas applied:\n{metrics}");
+    let refused = sample(&metrics, "llmesh_config_deltas_total{result=\"refused\"}");
+    assert_eq!(refused, 0.0, "{metrics}");
+    let disk: llmesh_api::Snapshot = serde_json::from_slice(&std::fs::read(&cache)?)?;
+    let names: Vec<&str> = disk.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["other"], "the deleted route is gone from disk too");
+    let info = format!("llmesh_config_info{{version=\"{}\"}} 1", disk.version);
+    assert!(metrics.contains(&info), "serving {info}?\n{metrics}");
+    let (_, op_metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", env.admin_port)).await?;
+    let sent = sample(
+        &op_metrics,
+        "llmesh_operator_snapshot_bytes_total{form=\"delta\"}",
+    );
+    assert!(sent > 0.0, "{op_metrics}");
 
     sc.stop().await;
     op.stop().await;
@@ -255,4 +287,11 @@ spec:
         assert!(!text.contains(KEY), "the key leaked into the {what}");
     }
     Ok(())
+}
+
+/// The value of the Prometheus sample `series` (name and labels as exposed), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

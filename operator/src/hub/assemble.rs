@@ -93,6 +93,7 @@ pub(super) fn for_pod(
     metrics.snapshots_encoded.inc();
     let content = Arc::new(Content {
         version: snapshot.version.clone(),
+        namespace: ns.to_string(),
         routes: served,
         budgets: served_budgets,
     });

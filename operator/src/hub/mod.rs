@@ -59,6 +59,8 @@ pub struct Published {
 pub struct Content {
     /// The snapshot's content version.
     pub version: String,
+    /// The namespace whose routes and budgets it holds: a base is used only for pods there.
+    pub namespace: String,
     /// The routes, in snapshot order (shared with the hub's compiled routes).
     pub routes: Vec<Arc<Route>>,
     /// The budgets, in snapshot order.

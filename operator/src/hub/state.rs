@@ -214,17 +214,17 @@ impl State {
     }
 
     /// The content of snapshot `version`, if the hub still holds it: the base of a delta to
-    /// pod `uid`, whose sidecar serves it.
+    /// pod `uid`, whose sidecar serves it. Only a snapshot of the pod's own namespace: a delta
+    /// names the routes it removes, and those of another namespace are not the pod's to see.
     pub fn base(&self, uid: &str, version: &str) -> Option<Arc<Content>> {
-        let pod = self.pods.get(uid);
-        let current = pod.and_then(|p| p.tx.borrow().clone());
-        let previous = pod.and_then(|p| p.previous.clone());
+        let pod = self.pods.get(uid)?;
+        let current = pod.tx.borrow().clone();
         current
             .into_iter()
-            .chain(previous)
+            .chain(pod.previous.clone())
             .map(|p| p.content.clone())
             .chain(self.recent.iter().rev().cloned())
-            .find(|c| c.version == version)
+            .find(|c| c.version == version && c.namespace == pod.namespace)
     }
 
     /// Forgets encoded snapshots no connected pod runs.

@@ -368,4 +368,13 @@ fn a_delta_base_is_found_for_a_sidecar_a_few_snapshots_behind() {
     assert!(st.base("a", &versions[6].version).is_some());
     assert!(st.base("a", &versions[5].version).is_none());
     assert!(st.base("a", "unknown").is_none());
+    // Another namespace's snapshot is never a base for this pod, nor is any for a pod the hub
+    // does not know.
+    add_route(&mut st, "elsewhere", "chat", CHAT);
+    let theirs = for_pod(&mut st, &m, "elsewhere", &labels(&[]));
+    assert!(st.base("a", &theirs.version).is_none());
+    connect(&mut st, "b", theirs.clone(), "", 1);
+    st.pods.get_mut("b").unwrap().namespace = "elsewhere".into();
+    assert!(st.base("b", &theirs.version).is_some());
+    assert!(st.base("nobody", &versions[69].version).is_none());
 }

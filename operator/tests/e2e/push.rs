@@ -130,15 +130,23 @@ async fn a_sidecar_serves_the_route_and_follows_edits_within_a_second() -> Resul
     assert!(gone < Duration::from_secs(1), "took {gone:?}");
 
     // After the first snapshot every change came as a delta (three edits: two splits and the
-    // delete), none was refused, and the copy on disk is what the sidecar serves.
+    // delete), none was refused, and the copy on disk is what the sidecar serves (written just
+    // after the swap, so it may trail the 404 by a moment).
+    let disk: llmesh_api::Snapshot =
+        eventually("the delete on disk", Duration::from_secs(5), || async {
+            let disk: llmesh_api::Snapshot = serde_json::from_slice(&std::fs::read(&cache)?)?;
+            let names: Vec<&str> = disk.routes.iter().map(|r| r.name.as_str()).collect();
+            if names != ["other"] {
+                bail!("routes on disk: {names:?}");
+            }
+            Ok(disk)
+        })
+        .await?;
     let (_, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", sc.port)).await?;
     let applied = sample(&metrics, "llmesh_config_deltas_total{result=\"applied\"}");
     assert!(applied >= 3.0, "{applied} deltas applied:\n{metrics}");
     let refused = sample(&metrics, "llmesh_config_deltas_total{result=\"refused\"}");
     assert_eq!(refused, 0.0, "{metrics}");
-    let disk: llmesh_api::Snapshot = serde_json::from_slice(&std::fs::read(&cache)?)?;
-    let names: Vec<&str> = disk.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["other"], "the deleted route is gone from disk too");
     let info = format!("llmesh_config_info{{version=\"{}\"}} 1", disk.version);
     assert!(metrics.contains(&info), "serving {info}?\n{metrics}");
     let (_, op_metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", env.admin_port)).await?;

@@ -23,6 +23,7 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use llmesh_api::delta::RouteName;
 use llmesh_api::protocol::{
     self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, VERSION_HEADER, snapshot_query,
 };
@@ -46,13 +47,6 @@ pub struct Version {
     names: BTreeSet<(String, String)>,
 }
 
-/// A route's identity, as snapshots and deltas carry it (the rest is skipped unread).
-#[derive(serde::Deserialize)]
-struct Name {
-    namespace: String,
-    name: String,
-}
-
 /// Versions seen so far: the routes of each are read from the first body that carries it.
 #[derive(Default)]
 pub struct Catalog(parking_lot::Mutex<HashMap<String, Arc<OnceLock<Arc<Version>>>>>);
@@ -74,7 +68,8 @@ impl Catalog {
                 None => {
                     #[derive(serde::Deserialize)]
                     struct Whole {
-                        routes: Vec<Name>,
+                        // A route's identity; the rest of each route is skipped unread.
+                        routes: Vec<RouteName>,
                     }
                     let Ok(w) = serde_json::from_slice::<Whole>(body) else {
                         return unreadable();
@@ -85,8 +80,8 @@ impl Catalog {
                 Some(base) => {
                     #[derive(serde::Deserialize)]
                     struct Delta {
-                        routes: Vec<Name>,
-                        removed: Vec<Name>,
+                        routes: Vec<RouteName>,
+                        removed: Vec<RouteName>,
                     }
                     let Ok(d) = serde_json::from_slice::<Delta>(body) else {
                         return unreadable();

@@ -86,8 +86,16 @@ impl Poller {
         let authorization = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let id = match self.auth.identify(authorization).await {
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // The request's header values share hyper's read buffer. Held, they would keep that
+        // buffer alive beside the one hyper reads into next, for as long as the poll is held.
+        drop(req);
+        // Boxed: the TokenReview's future is larger than everything else here, and this
+        // future lives as long as the poll is held. The token is not needed past it.
+        let identified = Box::pin(self.auth.identify(authorization.as_deref())).await;
+        drop(authorization);
+        let id = match identified {
             Ok(id) => id,
             Err(AuthError::Unauthenticated(m)) => {
                 return json_error(StatusCode::UNAUTHORIZED, m, None);

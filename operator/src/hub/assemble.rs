@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use llmesh_api::compile::assemble;
 use llmesh_api::snapshot::{Budget, Route};
 
@@ -89,7 +88,7 @@ pub(super) fn for_pod(
             assemble(route_values, Vec::new()).unwrap_or_default()
         }
     };
-    let body = serde_json::to_vec(&snapshot).unwrap_or_default();
+    let body = super::encode(&snapshot);
     metrics.snapshots_encoded.inc();
     let content = Arc::new(Content {
         version: snapshot.version.clone(),
@@ -98,7 +97,7 @@ pub(super) fn for_pod(
         budgets: served_budgets,
     });
     st.remember(content.clone());
-    let published = Arc::new(Published::new(content, Bytes::from(body), route_keys));
+    let published = Arc::new(Published::new(content, body, route_keys));
     st.assembled.insert(key, published.clone());
     published
 }

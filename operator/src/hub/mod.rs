@@ -54,6 +54,14 @@ pub struct Published {
     deltas: Mutex<Vec<(String, Bytes)>>,
 }
 
+/// `value` as JSON, in a buffer no larger than the JSON. `serde_json` grows its buffer by
+/// doubling, so a 1 MiB snapshot would otherwise hold 2 MiB for as long as any pod runs it.
+fn encode(value: &impl serde::Serialize) -> Bytes {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.shrink_to_fit();
+    Bytes::from(body)
+}
+
 /// A snapshot's content, without its encoding.
 #[derive(Debug)]
 pub struct Content {
@@ -94,7 +102,7 @@ impl Published {
             (&base.version, &base.routes, &base.budgets),
             (&next.version, &next.routes, &next.budgets),
         );
-        let body = Bytes::from(serde_json::to_vec(&delta).unwrap_or_default());
+        let body = encode(&delta);
         if kept.len() >= DELTAS_KEPT {
             kept.remove(0);
         }
@@ -161,6 +169,11 @@ struct Triggers {
 const CONNECTED_GRACE: Duration = Duration::from_secs(10);
 /// How long polls are gathered into one rollout count.
 const RECOUNT_BATCH: Duration = Duration::from_millis(100);
+/// The least time from the start of one recompute to the start of the next. Each pass that
+/// changes a snapshot sends it to every sidecar that runs it, so during a bulk apply of 1,000
+/// routes one pass per change was one fan-out per change; an edit after a quiet spell still
+/// starts its pass at once.
+const RECOMPUTE_GAP: Duration = Duration::from_millis(100);
 /// Pods silent for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
 
@@ -201,6 +214,7 @@ impl Hub {
         self.stores.ready().await;
         loop {
             let t = Instant::now();
+            let started = tokio::time::Instant::now();
             self.recompute().await;
             self.metrics
                 .recompute_seconds
@@ -222,6 +236,8 @@ impl Hub {
                 }
                 () = tokio::time::sleep(Duration::from_secs(15)) => {}
             }
+            // A burst of changes (a bulk apply) makes one pass per gap, not one per change.
+            tokio::time::sleep_until(started + RECOMPUTE_GAP).await;
         }
     }
 

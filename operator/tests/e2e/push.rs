@@ -297,6 +297,69 @@ spec:
     Ok(())
 }
 
+/// A bulk apply is recomputed in passes at least 100 ms apart (`RECOMPUTE_GAP`), not once per
+/// change: each pass that changes a snapshot is a fan-out to every sidecar that runs it.
+#[tokio::test]
+async fn a_bulk_apply_is_recomputed_in_paced_passes() -> Result<()> {
+    const ROUTES: usize = 40;
+    const PASSES: &str = "llmesh_operator_recompute_duration_seconds_count";
+    const CHANGES: [&str; 2] = [
+        "llmesh_operator_route_compiles_total",
+        "llmesh_operator_status_writes_total{kind=\"LLMRoute\"}",
+    ];
+    let _serial = serial().await;
+    let env = env().await;
+    let mut op = Operator::start(env).await?;
+    let ns = env.cp.create_namespace("bulk").await?;
+    let url = format!("http://127.0.0.1:{}/metrics", env.admin_port);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, before) = http_get(&url).await?;
+    let yaml: Vec<String> = (0..ROUTES)
+        .map(|i| {
+            format!(
+                "apiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bulk-{i}}}\n\
+                 spec:\n  backends: [{{name: a, provider: mock, model: m-{i}}}]\n"
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    let out = apply(env, &ns, &yaml.join("---\n")).await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    // Every route compiled and its status written: each of those was a change to recompute.
+    let after = eventually("every route's status", Duration::from_secs(20), || async {
+        let (_, now) = http_get(&url).await?;
+        let done = CHANGES
+            .iter()
+            .all(|c| sample(&now, c) - sample(&before, c) >= ROUTES as f64);
+        if !done {
+            bail!("not yet");
+        }
+        Ok(now)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, end) = http_get(&url).await?;
+    let window = t0.elapsed();
+    let passes = sample(&end, PASSES) - sample(&before, PASSES);
+    let changes: f64 = CHANGES
+        .iter()
+        .map(|c| sample(&after, c) - sample(&before, c))
+        .sum();
+    // Passes start at least 100 ms apart: at most one per 100 ms of the window, plus the one
+    // that may have been running when it opened.
+    let most = (window.as_millis() / 100) as f64 + 2.0;
+    assert!(
+        passes <= most,
+        "{passes} passes in {window:?} for {changes} changes (at most {most})"
+    );
+    assert!(
+        changes > most,
+        "{changes} changes in {window:?}: too few to tell paced passes from one per change"
+    );
+    op.stop().await;
+    Ok(())
+}
+
 /// The value of the Prometheus sample `series` (name and labels as exposed), 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()

@@ -6,6 +6,7 @@
 #   bench/callgrind.sh [plain|stream] [seconds]      # prints instructions per request
 #   TARGET=hop bench/callgrind.sh [plain|stream]     # the same for llmesh-hop, the bare stack
 #   BODY="$(cat prompt.json)" bench/callgrind.sh     # another request body (a real prompt's size)
+#   ENDPOINT=/v1/messages BODY=... bench/callgrind.sh # another endpoint of the sidecar
 #
 # Leaves the profile in target/callgrind.<mode>.out (…<mode>.hop.out) for `callgrind_annotate`.
 set -euo pipefail
@@ -36,7 +37,7 @@ if [ "$target" = hop ]; then
   out="target/callgrind.$mode.hop.out"
 else
   cmd=("$bin/llmesh-sidecar" --config "$work/routes.yaml" --listen "127.0.0.1:$port")
-  path=/v1/chat/completions
+  path=${ENDPOINT:-/v1/chat/completions}
   out="target/callgrind.$mode.out"
 fi
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \

@@ -476,7 +476,7 @@ async fn run(
         .filter_map(|n| Some((HeaderName::from_static(n), headers.get(n)?.clone())))
         .collect();
     let mut native_only: Option<ApiError> = None;
-    let translation = match ingress::translate(
+    let mut translation = match ingress::translate(
         endpoint,
         body,
         &ingress::Context {
@@ -564,6 +564,9 @@ async fn run(
     let prompt = if estimate_now {
         let p = tokens::chat_prompt(&body, reads.cues);
         ticket.prompt_estimate = PromptEstimate::Known(p.tokens);
+        if let Some(t) = translation.as_mut() {
+            t.prompt_estimate(p.tokens);
+        }
         p
     } else {
         // A stream outlives this body: keep a copy of its own size, not the read buffer a

@@ -58,12 +58,12 @@ fn bad(param: impl Into<String>, message: impl AsRef<str>) -> ApiError {
 /// Translates an Anthropic Messages request into an OpenAI chat body.
 pub fn to_chat(body: Map<String, Value>, ctx: &Context<'_>) -> Result<Translated, ApiError> {
     let req = translate(body, true)?;
-    let input_estimate = tokens::chat_prompt(&req.body, false).tokens;
     let t = Messages {
         id: message_id(ctx.request_id),
         model: req.model,
         stop_sequences: req.stop_sequences,
-        input_estimate,
+        // Set by the handler, which estimates every translated prompt.
+        input_estimate: 0,
     };
     Ok((req.body, Some(Box::new(t))))
 }
@@ -801,6 +801,10 @@ impl Translation for Messages {
             "usage": usage_json(&usage),
         });
         Ok(Bytes::from(out.to_string()))
+    }
+
+    fn prompt_estimate(&mut self, tokens: u32) {
+        self.input_estimate = tokens;
     }
 
     fn encoder(self: Box<Self>) -> Box<dyn StreamEncoder> {

@@ -61,6 +61,10 @@ pub trait Translation: Send {
     fn passthrough(&self) -> bool {
         true
     }
+    /// The handler's estimate of the translated prompt, in tokens, for a translation that
+    /// reports usage when the backend does not. The handler always makes it for translated
+    /// requests, so a translation need not read the prompt again.
+    fn prompt_estimate(&mut self, _tokens: u32) {}
 }
 
 /// Per-request context a translation may need.

@@ -50,7 +50,12 @@ fn translate_obj(v: &Value) -> Result<Translated, ApiError> {
         responses: &store,
         request_id: REQUEST_ID,
     };
-    to_chat(v.as_object().expect("request is an object").clone(), &ctx)
+    // As the handler does: it estimates every translated prompt and hands the count over.
+    let (body, mut t) = to_chat(v.as_object().expect("request is an object").clone(), &ctx)?;
+    if let Some(t) = t.as_mut() {
+        t.prompt_estimate(crate::tokens::chat_prompt(&body, false).tokens);
+    }
+    Ok((body, t))
 }
 
 fn read_json(p: &Path) -> Map<String, Value> {

@@ -169,10 +169,10 @@ struct Triggers {
 const CONNECTED_GRACE: Duration = Duration::from_secs(10);
 /// How long polls are gathered into one rollout count.
 const RECOUNT_BATCH: Duration = Duration::from_millis(100);
-/// The least time from the start of one recompute to the start of the next. Each pass that
-/// changes a snapshot sends it to every sidecar that runs it, so during a bulk apply of 1,000
-/// routes one pass per change was one fan-out per change; an edit after a quiet spell still
-/// starts its pass at once.
+/// The least time from the start of a recompute that sent a pod a new snapshot to the start of
+/// the next. Each such pass is a fan-out to every sidecar that runs the snapshot, so during a
+/// bulk apply of 1,000 routes one pass per change was one fan-out per change. An edit after a
+/// quiet spell, or after a pass that sent nothing, starts its pass at once.
 const RECOMPUTE_GAP: Duration = Duration::from_millis(100);
 /// Pods silent for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
@@ -215,7 +215,7 @@ impl Hub {
         loop {
             let t = Instant::now();
             let started = tokio::time::Instant::now();
-            self.recompute().await;
+            let sent = self.recompute().await;
             self.metrics
                 .recompute_seconds
                 .observe(t.elapsed().as_secs_f64());
@@ -236,8 +236,11 @@ impl Hub {
                 }
                 () = tokio::time::sleep(Duration::from_secs(15)) => {}
             }
-            // A burst of changes (a bulk apply) makes one pass per gap, not one per change.
-            tokio::time::sleep_until(started + RECOMPUTE_GAP).await;
+            // A burst of changes (a bulk apply) makes one fan-out per gap, not one per change.
+            // A pass that sent nothing (a status write, a pod's poll) does not hold the next.
+            if sent {
+                tokio::time::sleep_until(started + RECOMPUTE_GAP).await;
+            }
         }
     }
 
@@ -343,7 +346,8 @@ impl Hub {
         })
     }
 
-    async fn recompute(&self) {
+    /// One pass over the watched state. Whether any pod was sent a new snapshot.
+    async fn recompute(&self) -> bool {
         let routes = self.stores.routes.state();
         let budgets = self.stores.budgets.state();
 
@@ -503,6 +507,7 @@ impl Hub {
         // snapshot: look it up once per such group, not once per pod (pods x routes).
         let keys = assemble::selector_keys(&st);
         let mut decided: HashMap<assemble::PodGroup, Arc<Published>> = HashMap::new();
+        let mut sent = false;
         for (uid, ns, name) in pods {
             let meta = self
                 .stores
@@ -528,7 +533,8 @@ impl Hub {
                     p
                 }
             };
-            st.pods
+            sent |= st
+                .pods
                 .get_mut(&uid)
                 .expect("listed above")
                 .publish(published);
@@ -545,6 +551,7 @@ impl Hub {
         drop(st);
         changed_routes.extend(changed_rollouts);
         self.trigger(changed_routes, changed_budgets);
+        sent
     }
 
     fn recount_rollouts(&self) {

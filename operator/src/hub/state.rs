@@ -118,10 +118,11 @@ impl PodEntry {
 
     /// Hands `published` to the pod's polls if its version differs from the current one
     /// (only then do they wake), keeping the snapshot the sidecar serves as `previous`.
-    pub fn publish(&mut self, published: Arc<Published>) {
+    /// Whether it did.
+    pub fn publish(&mut self, published: Arc<Published>) -> bool {
         let current = self.tx.borrow().clone();
         if current.as_ref().map(|p| p.version.as_str()) == Some(published.version.as_str()) {
-            return;
+            return false;
         }
         let previous = self.previous.take();
         self.previous = [current, previous]
@@ -129,6 +130,7 @@ impl PodEntry {
             .flatten()
             .find(|p| p.version == self.serving);
         self.tx.send_replace(Some(published));
+        true
     }
 
     /// The snapshot the sidecar serves, if the hub still knows it.

@@ -54,10 +54,14 @@ pub struct Published {
     deltas: Mutex<Vec<(String, Bytes)>>,
 }
 
-/// `value` as JSON, in a buffer no larger than the JSON. `serde_json` grows its buffer by
-/// doubling, so a 1 MiB snapshot would otherwise hold 2 MiB for as long as any pod runs it.
-fn encode(value: &impl serde::Serialize) -> Bytes {
-    let mut body = serde_json::to_vec(value).unwrap_or_default();
+/// `value` as JSON, in a buffer no larger than the JSON, written into one of about `hint`
+/// bytes (its expected size, 0 when unknown). A buffer grown by doubling would otherwise hold up
+/// to 2 MiB for a 1 MiB snapshot for as long as any pod runs it, and reach it through copies.
+fn encode(value: &impl serde::Serialize, hint: usize) -> Bytes {
+    let mut body = Vec::with_capacity(hint + hint / 16);
+    if serde_json::to_writer(&mut body, value).is_err() {
+        body.clear();
+    }
     body.shrink_to_fit();
     Bytes::from(body)
 }
@@ -102,7 +106,7 @@ impl Published {
             (&base.version, &base.routes, &base.budgets),
             (&next.version, &next.routes, &next.budgets),
         );
-        let body = encode(&delta);
+        let body = encode(&delta, 0);
         if kept.len() >= DELTAS_KEPT {
             kept.remove(0);
         }

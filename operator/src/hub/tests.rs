@@ -378,3 +378,12 @@ fn a_delta_base_is_found_for_a_sidecar_a_few_snapshots_behind() {
     assert!(st.base("b", &theirs.version).is_some());
     assert!(st.base("nobody", &versions[69].version).is_none());
 }
+
+#[test]
+fn a_snapshot_encodes_to_the_same_json_whatever_size_was_expected() {
+    let v = serde_json::json!({"routes": ["x".repeat(5000), "y".repeat(30)], "version": "v1"});
+    let plain = serde_json::to_vec(&v).unwrap();
+    for hint in [0, 10, plain.len() - 1, plain.len(), 10 * plain.len()] {
+        assert_eq!(super::encode(&v, hint), plain, "hint {hint}");
+    }
+}

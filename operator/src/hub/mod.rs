@@ -217,12 +217,11 @@ impl Hub {
     pub async fn run(self: Arc<Self>) {
         self.stores.ready().await;
         loop {
-            let t = Instant::now();
             let started = tokio::time::Instant::now();
             let sent = self.recompute().await;
             self.metrics
                 .recompute_seconds
-                .observe(t.elapsed().as_secs_f64());
+                .observe(started.elapsed().as_secs_f64());
             self.synced.send_replace(true);
             tokio::select! {
                 () = self.changed.notified() => {}

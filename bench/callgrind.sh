@@ -40,7 +40,7 @@ else
   path=${ENDPOINT:-/v1/chat/completions}
   out="target/callgrind.$mode.out"
 fi
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+LLMESH_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "${cmd[@]}" >/dev/null 2>"$work/vg.err" &
 vg=$!
 for _ in $(seq 100); do curl -s "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done

@@ -235,6 +235,12 @@ impl Drop for Operator {
 
 /// The `llmesh-sidecar` binary, built (or found up to date) once per test binary. Cargo
 /// releases its build lock before it runs tests, so this nested build does not deadlock.
+///
+/// It is built with `--workspace` so that features are unified across the workspace as in
+/// `cargo build --workspace --bins`, which CI runs first: then this build finds everything up to
+/// date. With `-p llmesh-sidecar` alone the sidecar's dependencies resolve to other features
+/// (no `kube` on `llmesh-api`), and 49 crates were compiled again inside the first test to ask,
+/// which made the suite take 240 s in CI against 20 s when rerun.
 pub fn sidecar_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -260,17 +266,13 @@ pub fn sidecar_bin() -> &'static Path {
         }
         let status = cmd
             .current_dir(repo())
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "llmesh-sidecar",
-                "--bin",
-                "llmesh-sidecar",
-            ])
+            .args(["build", "-q", "--workspace", "--bin", "llmesh-sidecar"])
             .status()
             .expect("running cargo build for llmesh-sidecar");
-        assert!(status.success(), "cargo build -p llmesh-sidecar failed");
+        assert!(
+            status.success(),
+            "cargo build --workspace --bin llmesh-sidecar failed"
+        );
         let operator = PathBuf::from(env!("CARGO_BIN_EXE_llmesh-operator"));
         let bin = operator.with_file_name("llmesh-sidecar");
         assert!(bin.is_file(), "{} missing after the build", bin.display());

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ PROMPT4K = {"model": "bench", "temperature": 0.2, "messages": [
     {"role": "user", "content": " ".join(_WORDS[i % len(_WORDS)] for i in range(600))}]}
 # The overload run: a provider answering in SLOW_MS, so requests pile up in the sidecar.
 SLOW_MS = 250
+SOAK_SAMPLE_S = 30  # seconds between RSS samples during --soak
 SLOW = dict(PLAIN, model="bench-slow")
 
 procs = []
@@ -357,11 +359,25 @@ def main():
         if ARGS.soak:
             url, p = targets["llmesh"]
             before = rss_kib(p.pid)
-            r = load(url, "open", PLAIN, ARGS.soak, 0, "soak/llmesh", rate=1000)
+            # RSS through the soak, not only at its ends: a one-time step and a slope end alike.
+            samples, done = [], threading.Event()
+
+            def sample():
+                t0 = time.monotonic()
+                while not done.wait(SOAK_SAMPLE_S):
+                    samples.append([round(time.monotonic() - t0), rss_kib(p.pid)])
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                r = load(url, "open", PLAIN, ARGS.soak, 0, "soak/llmesh", rate=1000)
+            finally:
+                done.set()
+                sampler.join()
             during = rss_kib(p.pid)
             time.sleep(5)
             results["soak"] = {"seconds": ARGS.soak, "rss_before_kib": before, "rss_end_kib": during,
-                               "rss_after_idle_kib": rss_kib(p.pid), "run": r}
+                               "rss_after_idle_kib": rss_kib(p.pid), "rss_samples_kib": samples, "run": r}
         if ARGS.burst:
             # Overload, last (it leaves its mark on memory): the provider slows to SLOW_MS while
             # clients keep sending ARGS.burst requests/s, far more than --max-in-flight (1,024)
@@ -455,6 +471,12 @@ def report(res):
         lines.append("")
         lines.append(f"Soak: {s['seconds']} s at 1,000 requests/s: RSS {s['rss_before_kib'] / 1024:.1f} MiB before, "
                      f"{s['rss_end_kib'] / 1024:.1f} MiB at the end, {s['rss_after_idle_kib'] / 1024:.1f} MiB 5 s after load stopped.")
+        kib = [k for _, k in s.get("rss_samples_kib", [])]
+        if len(kib) >= 4:
+            half = len(kib) // 2
+            lines.append(f"RSS every {SOAK_SAMPLE_S} s through the soak: first half {min(kib[:half]) / 1024:.1f}-"
+                         f"{max(kib[:half]) / 1024:.1f} MiB, second half {min(kib[half:]) / 1024:.1f}-"
+                         f"{max(kib[half:]) / 1024:.1f} MiB.")
     return "\n".join(lines)
 
 

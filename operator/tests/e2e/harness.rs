@@ -239,8 +239,8 @@ impl Drop for Operator {
 /// It is built with `--workspace` so that features are unified across the workspace as in
 /// `cargo build --workspace --bins`, which CI runs first: then this build finds everything up to
 /// date. With `-p llmesh-sidecar` alone the sidecar's dependencies resolve to other features
-/// (no `kube` on `llmesh-api`), and 49 crates were compiled again inside the first test to ask,
-/// which made the suite take 240 s in CI against 20 s when rerun.
+/// (no `kube` on `llmesh-api`), and 49 crates were compiled again inside the first test that
+/// needed the binary: the suite took 240 s in CI against 20 s when rerun.
 pub fn sidecar_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {

@@ -347,7 +347,7 @@ async fn a_bulk_apply_is_sent_in_paced_passes() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, end) = http_get(&url).await?;
     let window = t0.elapsed();
-    let passes = sample(&end, SENT) - sample(&before, SENT);
+    let sent = sample(&end, SENT) - sample(&before, SENT);
     let changes: f64 = CHANGES
         .iter()
         .map(|c| sample(&after, c) - sample(&before, c))
@@ -356,8 +356,8 @@ async fn a_bulk_apply_is_sent_in_paced_passes() -> Result<()> {
     // the window, plus the one that may have been running when it opened.
     let most = (window.as_millis() / 100) as f64 + 2.0;
     assert!(
-        passes <= most,
-        "{passes} snapshots sent in {window:?} for {changes} changes (at most {most})"
+        sent <= most,
+        "{sent} snapshots sent in {window:?} for {changes} changes (at most {most})"
     );
     assert!(
         changes > most,

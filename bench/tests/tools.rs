@@ -70,10 +70,12 @@ async fn upstream() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, hits)
 }
 
-/// Runs `llmesh-bench` with `args` and returns its JSON report.
-async fn bench(args: &[&str]) -> Value {
+/// Runs `llmesh-bench <mode...>` at `url` for `secs` seconds, with no warm-up (so every request
+/// sent is recorded), and returns its JSON report.
+async fn bench(mode: &[&str], url: &str, secs: &str) -> Value {
+    let args = [mode, &["--url", url, "--duration", secs, "--warmup", "0"]].concat();
     let out = Command::new(env!("CARGO_BIN_EXE_llmesh-bench"))
-        .args(args)
+        .args(&args)
         .output()
         .await
         .expect("running llmesh-bench");
@@ -93,18 +95,7 @@ fn n(v: &Value, key: &str) -> u64 {
 async fn closed_loop_counts_every_answer_and_orders_its_percentiles() {
     let (addr, hits) = upstream().await;
     let url = format!("http://{addr}/ok");
-    let r = bench(&[
-        "closed",
-        "--concurrency",
-        "2",
-        "--url",
-        &url,
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-    ])
-    .await;
+    let r = bench(&["closed", "--concurrency", "2"], &url, "1").await;
     assert_eq!(r["mode"], "closed");
     assert_eq!(n(&r, "errors"), 0, "{r}");
     let requests = n(&r, "requests");
@@ -123,7 +114,7 @@ async fn closed_loop_counts_every_answer_and_orders_its_percentiles() {
 async fn closed_loop_at_concurrency_1_waits_for_each_answer() {
     let (addr, _) = upstream().await;
     let url = format!("http://{addr}/slow");
-    let r = bench(&["closed", "--url", &url, "--duration", "1", "--warmup", "0"]).await;
+    let r = bench(&["closed"], &url, "1").await;
     // One at a time, 20 ms each: at most 50 in a second, and none faster than the upstream.
     assert!(n(&r, "requests") <= 50, "{r}");
     assert!(n(&r["latency_us"], "p50") >= SLOW.as_micros() as u64, "{r}");
@@ -133,18 +124,7 @@ async fn closed_loop_at_concurrency_1_waits_for_each_answer() {
 async fn open_loop_keeps_its_schedule_whatever_the_answers_take() {
     let (addr, hits) = upstream().await;
     let url = format!("http://{addr}/slow");
-    let r = bench(&[
-        "open",
-        "--rate",
-        "100",
-        "--url",
-        &url,
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-    ])
-    .await;
+    let r = bench(&["open", "--rate", "100"], &url, "1").await;
     assert_eq!(r["mode"], "open");
     // 100 due in the second, each sent on time though the one before has not been answered
     // (a closed loop would manage 50), and each latency includes the upstream's 20 ms.
@@ -161,16 +141,7 @@ async fn open_loop_keeps_its_schedule_whatever_the_answers_take() {
 async fn failures_are_counted_by_status_and_kept_out_of_latency() {
     let (addr, hits) = upstream().await;
     let url = format!("http://{addr}/fail");
-    let r = bench(&[
-        "closed",
-        "--url",
-        &url,
-        "--duration",
-        "0.3",
-        "--warmup",
-        "0",
-    ])
-    .await;
+    let r = bench(&["closed"], &url, "0.3").await;
     let errors = n(&r, "errors");
     assert!(errors > 0, "{r}");
     assert_eq!(errors, hits.load(Ordering::SeqCst), "{r}");
@@ -209,29 +180,11 @@ async fn hop(upstream: SocketAddr) -> (Child, String) {
 async fn the_hop_forwards_every_request_and_its_status() {
     let (addr, hits) = upstream().await;
     let (_hop, at) = hop(addr).await;
-    let ok = bench(&[
-        "closed",
-        "--url",
-        &format!("http://{at}/ok"),
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-    ])
-    .await;
+    let ok = bench(&["closed"], &format!("http://{at}/ok"), "0.5").await;
     assert_eq!(n(&ok, "errors"), 0, "{ok}");
     assert!(n(&ok, "requests") > 0, "{ok}");
     assert_eq!(n(&ok, "requests"), hits.load(Ordering::SeqCst), "{ok}");
-    let failed = bench(&[
-        "closed",
-        "--url",
-        &format!("http://{at}/fail"),
-        "--duration",
-        "0.3",
-        "--warmup",
-        "0",
-    ])
-    .await;
+    let failed = bench(&["closed"], &format!("http://{at}/fail"), "0.3").await;
     assert!(n(&failed, "errors") > 0, "{failed}");
     assert_eq!(
         n(&failed["failures"], "503"),

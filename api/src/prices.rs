@@ -176,26 +176,76 @@ pub static TABLE: &[(&str, Prices)] = &[
     ),
 ];
 
+/// Model id -> the most output tokens one request may ask for (`max_tokens` and its kin), from
+/// each provider's model pages. A request asking for more is refused by the provider, so llmesh
+/// never sends more than this when it sets the limit itself (route limits, budget clamps).
+pub static OUTPUT_LIMITS: &[(&str, u32)] = &[
+    // OpenAI: platform.openai.com/docs/models
+    ("gpt-5", 128_000),
+    ("gpt-4.1", 32_768),
+    ("gpt-4o", 16_384),
+    ("gpt-4-turbo", 4_096),
+    ("gpt-3.5-turbo", 4_096),
+    ("o1", 100_000),
+    ("o3", 100_000),
+    ("o3-mini", 100_000),
+    ("o4-mini", 100_000),
+    // Anthropic: docs.anthropic.com/en/docs/about-claude/models (without beta headers)
+    ("claude-opus-4-5", 64_000),
+    ("claude-opus-4-1", 32_000),
+    ("claude-opus-4", 32_000),
+    ("claude-sonnet-4-5", 64_000),
+    ("claude-sonnet-4", 64_000),
+    ("claude-3-7-sonnet", 64_000),
+    ("claude-3-5-sonnet", 8_192),
+    ("claude-haiku-4-5", 64_000),
+    ("claude-3-5-haiku", 8_192),
+    ("claude-3-haiku", 4_096),
+    // Google: ai.google.dev/gemini-api/docs/models
+    ("gemini-2.5-pro", 65_536),
+    ("gemini-2.5-flash", 65_536),
+    ("gemini-2.0-flash", 8_192),
+    // Groq: console.groq.com/docs/models
+    ("llama-3.3-70b-versatile", 32_768),
+    ("llama-3.1-8b-instant", 131_072),
+    ("openai/gpt-oss-120b", 65_536),
+    ("openai/gpt-oss-20b", 65_536),
+    // DeepSeek: api-docs.deepseek.com/quick_start/pricing
+    ("deepseek-chat", 8_192),
+    ("deepseek-reasoner", 65_536),
+];
+
 /// Prices for `model`, if the table knows it or a family it belongs to.
 pub fn lookup(model: &str) -> Option<Prices> {
-    find(model).or_else(|| {
+    find_any(TABLE, model)
+}
+
+/// The most output tokens `model` takes in one request, if the table knows it or its family.
+pub fn max_output(model: &str) -> Option<u32> {
+    find_any(OUTPUT_LIMITS, model)
+}
+
+fn find_any<T: Copy>(table: &[(&str, T)], model: &str) -> Option<T> {
+    find(table, model).or_else(|| {
         // OpenRouter and Together style `vendor/model`: try the part after the vendor.
-        model.split_once('/').and_then(|(_, rest)| find(rest))
+        model
+            .split_once('/')
+            .and_then(|(_, rest)| find(table, rest))
     })
 }
 
-fn find(model: &str) -> Option<Prices> {
-    let mut best: Option<(&str, Prices)> = None;
-    for &(id, prices) in TABLE {
+fn find<T: Copy>(table: &[(&str, T)], model: &str) -> Option<T> {
+    let mut best: Option<(&str, T)> = None;
+    for &(id, value) in table {
         let matches = model == id
             || (model.len() > id.len()
                 && model.starts_with(id)
                 && matches!(model.as_bytes()[id.len()], b'-' | b'@' | b':'));
         if matches && best.is_none_or(|(b, _)| id.len() > b.len()) {
-            best = Some((id, prices));
+            best = Some((id, value));
         }
     }
-    best.map(|(_, p)| p)
+    best.map(|(_, v)| v)
 }
 
 /// Whether a model id names a moving alias rather than a pinned snapshot, for hosted providers.
@@ -270,6 +320,25 @@ mod tests {
         assert_eq!(lookup("my-finetune"), None);
         assert_eq!(lookup("o1x"), None);
         assert_eq!(lookup("gpt-4oo"), None);
+    }
+
+    #[test]
+    fn output_limits_resolve_like_prices() {
+        assert_eq!(max_output("gpt-4o-mini"), Some(16_384));
+        assert_eq!(max_output("gpt-4o-mini-2024-07-18"), Some(16_384));
+        assert_eq!(max_output("gpt-5-mini"), Some(128_000));
+        assert_eq!(max_output("claude-sonnet-4-20250514"), Some(64_000));
+        assert_eq!(max_output("claude-3-5-haiku-latest"), Some(8_192));
+        assert_eq!(max_output("anthropic/claude-opus-4-1"), Some(32_000));
+        assert_eq!(max_output("gemini-2.5-flash-lite"), Some(65_536));
+        assert_eq!(max_output("my-finetune"), None);
+        // Every model with a limit has a price: the two tables name the same families.
+        for (id, _) in OUTPUT_LIMITS {
+            assert!(
+                lookup(id).is_some(),
+                "{id} has an output limit but no price"
+            );
+        }
     }
 
     #[test]

@@ -184,13 +184,21 @@ impl BudgetState {
         )
     }
 
-    /// Checks a request that will send `input_tokens` and may produce up to `max_tokens` at
+    /// Checks a request that will send `input_tokens` and may produce up to `max_tokens` (the
+    /// client's limit, if any) on a model that takes at most `model_cap` output tokens, at
     /// `prices`, and reserves its estimated cost when it may go ahead.
+    ///
+    /// A request with a limit reserves that limit, clamped to what the allowance can pay for. A
+    /// request without one reserves [`DEFAULT_OUTPUT_ESTIMATE`] (or the model's limit, if lower)
+    /// and is clamped only when the allowance cannot pay for the model's whole output limit: then
+    /// it reserves, and may produce, exactly what is left. A clamp is never above `model_cap`,
+    /// which the provider would refuse.
     pub fn admit(
         &self,
         user: Option<&str>,
         input_tokens: u64,
         max_tokens: Option<u32>,
+        model_cap: Option<u32>,
         prices: &Prices,
         now: u64,
     ) -> (Admission, Option<Reservation>) {
@@ -230,7 +238,8 @@ impl BudgetState {
                 BudgetAction::Downgrade => {
                     // Downgraded requests still spend: reserve so that they are settled and
                     // counted like any other.
-                    let (_, r) = self.reserve(&mut l, user, input_tokens, max_tokens, prices, None);
+                    let out = estimate(max_tokens, model_cap);
+                    let (_, r) = self.reserve(&mut l, user, input_tokens, out, prices, None);
                     (
                         Admission::Downgrade(
                             self.spec.downgrade_backend.clone().unwrap_or_default(),
@@ -239,30 +248,33 @@ impl BudgetState {
                     )
                 }
                 BudgetAction::Alert => {
-                    self.reserve(&mut l, user, input_tokens, max_tokens, prices, None)
+                    let out = estimate(max_tokens, model_cap);
+                    self.reserve(&mut l, user, input_tokens, out, prices, None)
                 }
             };
         }
-        // Clamp output to what is left after the input is paid for.
-        let mut clamp: Option<u64> = None;
+        // Output tokens the allowance pays for after the input is paid for.
+        let mut affordable: Option<u64> = None;
         if let Some(left) = usd_left
             && prices.output > 0
         {
-            let affordable =
-                ((left - input_cost) * 1_000_000 / i128::from(prices.output)).max(1) as u64;
-            clamp = Some(affordable);
+            affordable =
+                Some(((left - input_cost) * 1_000_000 / i128::from(prices.output)).max(1) as u64);
         }
         if let Some(left) = tokens_left {
-            let affordable = (left - i128::from(input_tokens)).max(1) as u64;
-            clamp = Some(clamp.map_or(affordable, |c| c.min(affordable)));
+            let a = (left - i128::from(input_tokens)).max(1) as u64;
+            affordable = Some(affordable.map_or(a, |c| c.min(a)));
         }
-        let clamp = clamp.filter(|c| max_tokens.is_none_or(|m| u64::from(m) > *c));
-        let clamp = if self.spec.action == BudgetAction::Alert {
-            None
-        } else {
-            clamp
-        };
-        self.reserve(&mut l, user, input_tokens, max_tokens, prices, clamp)
+        // The most the request may produce unless clamped: its own limit, else the model's.
+        let worst = max_tokens
+            .or(model_cap)
+            .map_or(u64::from(DEFAULT_OUTPUT_ESTIMATE), u64::from);
+        let clamp = affordable
+            .filter(|a| *a < worst)
+            .map(|a| model_cap.map_or(a, |cap| a.min(u64::from(cap))))
+            .filter(|_| self.spec.action != BudgetAction::Alert);
+        let out = clamp.unwrap_or_else(|| estimate(max_tokens, model_cap));
+        self.reserve(&mut l, user, input_tokens, out, prices, clamp)
     }
 
     fn reserve(
@@ -270,11 +282,10 @@ impl BudgetState {
         l: &mut Ledger,
         user: Option<String>,
         input_tokens: u64,
-        max_tokens: Option<u32>,
+        out: u64,
         prices: &Prices,
         clamp: Option<u64>,
     ) -> (Admission, Option<Reservation>) {
-        let out = clamp.or(max_tokens.map(u64::from)).unwrap_or(0);
         let r = Reservation {
             cost: cost_of(input_tokens, prices.input) + cost_of(out, prices.output),
             tokens: input_tokens + out,
@@ -357,6 +368,17 @@ impl BudgetState {
             (None, None) => "no cap".into(),
         }
     }
+}
+
+/// Output tokens reserved for a request that sets no limit of its own, when its model's limit is
+/// larger or unknown: a bounded estimate, so one request does not hold the whole allowance.
+pub const DEFAULT_OUTPUT_ESTIMATE: u32 = 4_096;
+
+/// Output tokens to reserve: the request's own limit, else the bounded estimate.
+fn estimate(max_tokens: Option<u32>, model_cap: Option<u32>) -> u64 {
+    u64::from(max_tokens.unwrap_or_else(|| {
+        model_cap.map_or(DEFAULT_OUTPUT_ESTIMATE, |c| c.min(DEFAULT_OUTPUT_ESTIMATE))
+    }))
 }
 
 fn period_word(p: BudgetPeriod) -> &'static str {

@@ -276,6 +276,19 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// At most `max` bytes of a value a client sent, for an error message or a log line: a 15 MB
+/// model name is not copied whole into either.
+pub fn excerpt(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..at], s.len()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,23 @@ pub fn has(m: &Map<String, Value>, key: &str) -> bool {
     get(m, key).is_some()
 }
 
+/// Sets a request's output limit to `n`: in every limit field the body has (`max_tokens`,
+/// `max_completion_tokens`), else in `key`.
+pub fn set_output_limit(m: &mut Map<String, Value>, key: &str, n: u32) {
+    let mut set = false;
+    for k in ["max_completion_tokens", "max_tokens"] {
+        if let Some(v) = get_mut(m, k)
+            && !v.is_null()
+        {
+            *v = Value::from(n);
+            set = true;
+        }
+    }
+    if !set {
+        m.insert(key.into(), Value::from(n));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,11 @@ where
     if let Err(e) = check_local_key(&app, req.headers()) {
         return error_response(&e, format);
     }
+    if method == Method::POST
+        && let Err(e) = check_json(p, req.headers())
+    {
+        return error_response(&e, format);
+    }
     match (&method, p) {
         (&Method::POST, "/chat/completions") => generate(app, req, Endpoint::Chat).await,
         (&Method::POST, "/completions") => generate(app, req, Endpoint::Completion).await,
@@ -143,7 +148,8 @@ where
         }
         _ => error_response(
             &ApiError::not_found(format!(
-                "llmesh: nothing at {method} {path}: the sidecar serves {ENDPOINTS}"
+                "llmesh: nothing at {method} {}: the sidecar serves {ENDPOINTS}",
+                crate::error::excerpt(path, 256)
             )),
             ErrorFormat::OpenAi,
         ),
@@ -166,6 +172,51 @@ fn model_info(app: &App, id: &str) -> Response<ResBody> {
         ),
         None => error_response(&unknown_model(&rt, id), ErrorFormat::OpenAi),
     }
+}
+
+/// A body for the model API must say it is JSON. Refusing other types also refuses the requests
+/// a web page can make a browser send to `127.0.0.1` without asking first (a CORS "simple"
+/// request: `text/plain`, a form, or no type at all), so a page cannot spend the pod's budget.
+fn check_json(p: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !matches!(
+        p,
+        "/chat/completions"
+            | "/completions"
+            | "/embeddings"
+            | "/messages"
+            | "/messages/count_tokens"
+            | "/responses"
+    ) {
+        return Ok(());
+    }
+    let ct = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let essence = ct.map(|v| {
+        let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+        v[..end].trim_ascii()
+    });
+    let json = essence.is_some_and(|e| {
+        e.eq_ignore_ascii_case(b"application/json")
+            || (e.len() > 5 && e[e.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    });
+    if json {
+        return Ok(());
+    }
+    let got = match ct {
+        Some(v) => format!(
+            "`{}`",
+            crate::error::excerpt(&String::from_utf8_lossy(v), 64)
+        ),
+        None => "none".to_string(),
+    };
+    let mut e = ApiError::bad_request(
+        None,
+        format!(
+            "llmesh: the request body must be JSON: send `Content-Type: application/json` (got {got})"
+        ),
+    );
+    e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    e.reason = "content_type";
+    Err(e)
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -202,6 +253,9 @@ fn check_local_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The most of a client's `model` that an error message or the access log repeats.
+const MODEL_ECHO_BYTES: usize = 256;
+
 fn unknown_model(rt: &Runtime, model: &str) -> ApiError {
     let names = rt.model_names();
     let list = if names.is_empty() {
@@ -210,7 +264,8 @@ fn unknown_model(rt: &Runtime, model: &str) -> ApiError {
         names.join(", ")
     };
     ApiError::model_not_found(format!(
-        "llmesh: the model `{model}` does not exist here. Models served by this sidecar: {list}"
+        "llmesh: the model `{}` does not exist here. Models served by this sidecar: {list}",
+        crate::error::excerpt(model, MODEL_ECHO_BYTES)
     ))
 }
 
@@ -511,7 +566,7 @@ async fn run(
             "llmesh: you must provide a model parameter (the route name, e.g. \"model\": \"chat\")"
         )),
     };
-    ticket.model = model.clone();
+    ticket.model = crate::error::excerpt(&model, MODEL_ECHO_BYTES).into_owned();
     let Some(Target { route: ri, pinned }) = rt.resolve(&model) else {
         fail!(unknown_model(&rt, &model))
     };
@@ -542,8 +597,19 @@ async fn run(
     if let Err(e) = validate(op, &body) {
         fail!(e)
     }
-    let stream =
-        op != Op::Embedding && fields::get(&body, "stream").and_then(Value::as_bool) == Some(true);
+    let stream = match fields::get(&body, "stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => op != Op::Embedding && *b,
+        // `"true"` is not `true`: served as a plain answer, it would surprise a client that
+        // waits for events (the Messages endpoint refuses it too).
+        Some(v) => fail!(ApiError::bad_request(
+            Some("stream".into()),
+            format!(
+                "llmesh: stream must be true or false (got {}); send it as a JSON boolean, without quotes",
+                crate::error::excerpt(&v.to_string(), 40)
+            )
+        )),
+    };
     ticket.stream = stream;
     // Translated formats report usage themselves, from the usage chunk.
     let client_wants_usage = translation.is_some()
@@ -593,24 +659,31 @@ async fn run(
         .with_code("input_tokens_exceeded"))
     }
 
-    // max_tokens: keep whichever field the client used.
-    let mt_key = if fields::has(&body, "max_completion_tokens") {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
+    // max_tokens: every field the client set binds, in whatever form it came; a limit llmesh
+    // sets goes into the field the client used, else the one the model takes.
+    let asked = match max_tokens_asked(&body) {
+        Ok(a) => a,
+        Err(e) => fail!(e),
     };
-    let mut max_tokens = fields::get(&body, mt_key)
-        .and_then(Value::as_u64)
-        .map(|v| v.min(u64::from(u32::MAX)) as u32);
+    let mut max_tokens = asked.map(|(n, _)| n);
+    let mt_key = match asked {
+        Some((_, key)) => key,
+        None if op == Op::Chat => "max_completion_tokens",
+        None => "max_tokens",
+    };
+    // Whether llmesh chose `max_tokens` (a route limit or a budget's clamp) rather than the
+    // client: then no backend is sent more than its model takes.
+    let mut chosen = false;
     if op != Op::Embedding {
         if let (Some(asked), Some(limit)) = (max_tokens, limits.max_tokens)
             && asked > limit
         {
             match limits.max_tokens_policy {
                 MaxTokensPolicy::Clamp => {
-                    body.insert(mt_key.into(), Value::from(limit));
+                    fields::set_output_limit(&mut body, mt_key, limit);
                     verbatim = false;
                     max_tokens = Some(limit);
+                    chosen = true;
                 }
                 MaxTokensPolicy::Reject => {
                     reject("max_tokens");
@@ -622,17 +695,19 @@ async fn run(
                 }
             }
         }
+        // A request that sets no limit gets the route's default, else its limit: a route
+        // limit binds every request, not only those that name one.
+        let default = match (limits.default_max_tokens, limits.max_tokens) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        };
         if max_tokens.is_none()
-            && let Some(d) = limits.default_max_tokens
+            && let Some(d) = default
         {
-            let key = if op == Op::Chat {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            body.insert(key.into(), Value::from(d));
+            fields::set_output_limit(&mut body, mt_key, d);
             verbatim = false;
             max_tokens = Some(d);
+            chosen = true;
         }
     }
 
@@ -705,6 +780,7 @@ async fn run(
             user_key.as_deref(),
             u64::from(prompt.tokens),
             max_tokens,
+            route.backends[plan.order[0]].output_cap,
             prices,
             unix,
         ) {
@@ -712,9 +788,10 @@ async fn run(
                 if let Some(c) = clamp
                     && op != Op::Embedding
                 {
-                    body.insert(mt_key.into(), Value::from(c));
+                    fields::set_output_limit(&mut body, mt_key, c);
                     verbatim = false;
                     max_tokens = Some(c);
+                    chosen = true;
                 }
                 if let Some(r) = reservation {
                     ticket.reservations.push((budget.clone(), r));
@@ -801,6 +878,7 @@ async fn run(
         client_wants_usage,
         prompt_tokens: prompt.tokens,
         max_tokens,
+        max_tokens_chosen: chosen.then_some(mt_key),
         native: original
             .as_ref()
             .filter(|_| passthrough)
@@ -895,6 +973,37 @@ fn no_native_backend(why: &ApiError, route: &str, downgraded: Option<&str>) -> A
 }
 
 /// The minimal shape each operation needs; everything else passes through to the provider.
+/// The output limit the client asked for (the larger of `max_tokens` and
+/// `max_completion_tokens` when both are set, as each binds) and the field it came in. A limit
+/// that is not a whole number (`100000.0`, `1e5`, `"100000"`) is refused: forwarded as written,
+/// it would pass no check and reach servers that accept it.
+fn max_tokens_asked(body: &Map<String, Value>) -> Result<Option<(u32, &'static str)>, ApiError> {
+    let mut asked: Option<(u32, &'static str)> = None;
+    for key in ["max_completion_tokens", "max_tokens"] {
+        match fields::get(body, key) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) => {
+                    let n = n.min(u64::from(u32::MAX)) as u32;
+                    if asked.is_none_or(|(a, _)| n > a) {
+                        asked = Some((n, key));
+                    }
+                }
+                None => {
+                    return Err(ApiError::bad_request(
+                        Some(key.into()),
+                        format!(
+                            "llmesh: {key} must be a whole number of tokens, such as 1024 (got {}); send it as a JSON integer, without quotes, decimals or exponent",
+                            crate::error::excerpt(&v.to_string(), 40)
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+    Ok(asked)
+}
+
 fn validate(op: Op, body: &Map<String, Value>) -> Result<(), ApiError> {
     match op {
         Op::Chat => match fields::get(body, "messages") {

@@ -44,6 +44,9 @@ pub struct Call<'a> {
     pub prompt_tokens: u32,
     /// `max_tokens` after limits.
     pub max_tokens: Option<u32>,
+    /// The field `max_tokens` is in, when llmesh chose it (a route limit or a budget's clamp)
+    /// rather than the client: each backend is then sent no more than its model takes.
+    pub max_tokens_chosen: Option<&'static str>,
     /// The client's own body, for backends that speak its format natively.
     pub native: Option<crate::providers::Native<'a>>,
 }
@@ -177,6 +180,9 @@ pub async fn run(
         };
         ticket.backend = Some(idx);
         crate::fields::set(call.body, "model", Value::String(b.spec.model.clone()));
+        if let (Some(key), Some(m)) = (call.max_tokens_chosen, call.max_tokens) {
+            crate::fields::set_output_limit(call.body, key, capped(m, b));
+        }
 
         let mut last: Option<UpstreamError> = None;
         for try_n in 0..route.spec.retry.attempts {
@@ -255,6 +261,11 @@ pub async fn run(
     Err(exhausted(route, failures, Instant::now() >= deadline))
 }
 
+/// A limit llmesh chose, no larger than what backend `b`'s model takes (providers refuse more).
+fn capped(max_tokens: u32, b: &BackendState) -> u32 {
+    b.output_cap.map_or(max_tokens, |cap| max_tokens.min(cap))
+}
+
 fn skipped(reason: &'static str, message: String) -> UpstreamError {
     UpstreamError {
         class: ErrorClass::Unsupported,
@@ -281,7 +292,20 @@ pub fn backoff(r: &Retry, n: u32, retry_after: Option<Duration>) -> Option<Durat
     })
 }
 
+/// One attempt at backend `b`. Every failure leaves here redacted for the backend's key, whatever
+/// the provider's classifier or decoder put in it.
 async fn attempt(
+    b: &BackendState,
+    call: &Call<'_>,
+    route: &RouteState,
+    deadline: Instant,
+) -> Result<Outcome, UpstreamError> {
+    attempt_unredacted(b, call, route, deadline)
+        .await
+        .map_err(|e| e.redacted(b.spec.api_key.as_ref().map(|k| k.expose())))
+}
+
+async fn attempt_unredacted(
     b: &BackendState,
     call: &Call<'_>,
     route: &RouteState,
@@ -296,9 +320,14 @@ async fn attempt(
         .as_ref()
         .filter(|n| b.provider.speaks(&b.spec, n.endpoint));
     let req = match native {
-        Some(n) => b
-            .provider
-            .native_request(&b.spec, n, call.stream, call.max_tokens)?,
+        Some(n) => {
+            let max_tokens = match call.max_tokens_chosen {
+                Some(_) => call.max_tokens.map(|m| capped(m, b)),
+                None => call.max_tokens,
+            };
+            b.provider
+                .native_request(&b.spec, n, call.stream, max_tokens)?
+        }
         None => b
             .provider
             .request(&b.spec, call.op, call.body, call.raw, call.stream)?,
@@ -317,6 +346,21 @@ async fn attempt(
         Ok(Ok(r)) => r,
     };
     let (parts, mut body) = resp.into_parts();
+    if parts.status.is_redirection() {
+        // Clients cannot follow a redirect they never see, and llmesh does not follow one: a
+        // provider's API does not redirect, so the base URL is wrong.
+        return Err(UpstreamError {
+            class: ErrorClass::NotFound,
+            status: Some(parts.status),
+            message: format!(
+                "answered {} (a redirect, which llmesh does not follow); set the backend's baseUrl to the API's final URL",
+                parts.status
+            ),
+            retry_after: None,
+            reason: "redirect",
+            openai_body: None,
+        });
+    }
     if !parts.status.is_success() {
         let bytes =
             match timeout_at(attempt_deadline, read_to_end(&mut body, MAX_ERROR_BYTES)).await {

@@ -220,6 +220,11 @@ impl Relay {
 
     fn fail(&mut self, reason: &'static str, message: &str) {
         self.count_error(reason);
+        let key = self.ticket.as_ref().and_then(|t| {
+            let (rt, r, b) = (t.rt.as_ref()?, t.route?, t.backend?);
+            rt.routes[r].backends[b].spec.api_key.clone()
+        });
+        let message = crate::providers::redact(message, key.as_ref().map(|k| k.expose()));
         self.encoder.error(
             &format!("llmesh: the upstream stream failed after it started: {message}"),
             &mut self.pending,

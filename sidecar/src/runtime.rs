@@ -47,6 +47,9 @@ pub struct BackendState {
     pub metrics: crate::metrics::BackendMetrics,
     /// Header values for `x-llmesh-backend`, `-variant`, `-provider`, `-route`, built once.
     pub header_values: [http::HeaderValue; 4],
+    /// The most output tokens its model takes in one request, when the shipped table knows the
+    /// model: a limit llmesh sets itself is never sent above it.
+    pub output_cap: Option<u32>,
     /// The failure penalty fed to the latency average, microseconds.
     penalty_us: u64,
     breaker_cfg: (u32, u64),
@@ -357,6 +360,7 @@ fn new_backend(
             header_value(&r.name),
         ],
         labels,
+        output_cap: llmesh_api::prices::max_output(&b.model),
         penalty_us: r.timeouts.first_token_ms.min(10_000) * 1_000,
     }
 }

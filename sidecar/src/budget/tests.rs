@@ -66,7 +66,7 @@ fn clamps_max_tokens_to_what_the_allowance_pays_for() {
         BudgetAction::Reject,
     );
     // 1,000 input tokens cost 1,000; 9,000 left pays for 4,500 output tokens.
-    let (a, r) = b.admit(None, 1_000, Some(100_000), &PRICES, T0);
+    let (a, r) = b.admit(None, 1_000, Some(100_000), None, &PRICES, T0);
     assert_eq!(
         a,
         Admission::Allow {
@@ -75,7 +75,7 @@ fn clamps_max_tokens_to_what_the_allowance_pays_for() {
     );
     // Nothing to clamp when the request already fits.
     b.settle(r.unwrap(), 0, 0, T0);
-    let (a, r) = b.admit(None, 1_000, Some(10), &PRICES, T0);
+    let (a, r) = b.admit(None, 1_000, Some(10), None, &PRICES, T0);
     assert_eq!(a, Admission::Allow { max_tokens: None });
     b.settle(r.unwrap(), 1_020, 1_010, T0);
     assert_eq!(b.spent(T0).0, 1_020);
@@ -89,20 +89,20 @@ fn reservations_count_until_settled() {
         BudgetPeriod::Month,
         BudgetAction::Reject,
     );
-    let (_, r1) = b.admit(None, 1_000, Some(4_500), &PRICES, T0); // reserves 10,000
-    let (a, _) = b.admit(None, 1_000, Some(10), &PRICES, T0);
+    let (_, r1) = b.admit(None, 1_000, Some(4_500), None, &PRICES, T0); // reserves 10,000
+    let (a, _) = b.admit(None, 1_000, Some(10), None, &PRICES, T0);
     assert!(matches!(a, Admission::Reject { .. }), "{a:?}");
     b.settle(r1.unwrap(), 2_000, 1_500, T0); // really cost 2,000
-    let (a, _) = b.admit(None, 1_000, Some(10), &PRICES, T0);
+    let (a, _) = b.admit(None, 1_000, Some(10), None, &PRICES, T0);
     assert!(matches!(a, Admission::Allow { .. }), "{a:?}");
 }
 
 #[test]
 fn a_spent_budget_rejects_until_the_next_period_and_says_when() {
     let b = budget(Some(1_000), None, BudgetPeriod::Day, BudgetAction::Reject);
-    let (_, r) = b.admit(None, 10, None, &PRICES, T0);
+    let (_, r) = b.admit(None, 10, None, None, &PRICES, T0);
     b.settle(r.unwrap(), 1_000, 10, T0);
-    let (a, _) = b.admit(None, 10, None, &PRICES, T0 + 600);
+    let (a, _) = b.admit(None, 10, None, None, &PRICES, T0 + 600);
     match a {
         Admission::Reject {
             retry_after,
@@ -119,7 +119,7 @@ fn a_spent_budget_rejects_until_the_next_period_and_says_when() {
         other => panic!("{other:?}"),
     }
     // A new day, a new allowance.
-    let (a, _) = b.admit(None, 10, None, &PRICES, T0 + 86_400);
+    let (a, _) = b.admit(None, 10, None, None, &PRICES, T0 + 86_400);
     assert!(matches!(a, Admission::Allow { .. }));
     assert_eq!(b.spent(T0 + 86_400).0, 0);
 }
@@ -132,7 +132,7 @@ fn token_caps_and_downgrade_and_alert_actions() {
         BudgetPeriod::Month,
         BudgetAction::Downgrade,
     );
-    let (a, r) = b.admit(None, 40, Some(1_000), &PRICES, T0);
+    let (a, r) = b.admit(None, 40, Some(1_000), None, &PRICES, T0);
     assert_eq!(
         a,
         Admission::Allow {
@@ -140,18 +140,18 @@ fn token_caps_and_downgrade_and_alert_actions() {
         }
     );
     b.settle(r.unwrap(), 0, 100, T0);
-    let (a, r) = b.admit(None, 1, None, &PRICES, T0);
+    let (a, r) = b.admit(None, 1, None, None, &PRICES, T0);
     assert_eq!(a, Admission::Downgrade("cheap".into()));
     // What the downgraded request spends still counts.
     b.settle(r.expect("a downgraded request is reserved"), 7, 3, T0);
     assert_eq!(b.spent(T0), (7, 103, b.spent(T0).2));
 
     let b = budget(Some(1_000), None, BudgetPeriod::Month, BudgetAction::Alert);
-    let (_, r) = b.admit(None, 10, None, &PRICES, T0);
+    let (_, r) = b.admit(None, 10, None, None, &PRICES, T0);
     b.settle(r.unwrap(), 5_000, 10, T0);
     // Over the cap, alert-only lets requests through unclamped.
     assert_eq!(
-        b.admit(None, 10, Some(50), &PRICES, T0).0,
+        b.admit(None, 10, Some(50), None, &PRICES, T0).0,
         Admission::Allow { max_tokens: None }
     );
 }
@@ -161,7 +161,7 @@ fn alerts_fire_once_per_threshold_per_period() {
     let b = budget(Some(1_000), None, BudgetPeriod::Month, BudgetAction::Alert);
     let mut fired = Vec::new();
     for cost in [400, 200, 100, 300, 100] {
-        let (_, r) = b.admit(None, 0, None, &PRICES, T0);
+        let (_, r) = b.admit(None, 0, None, None, &PRICES, T0);
         fired.push(
             b.settle(r.unwrap(), cost, 1, T0)
                 .iter()
@@ -177,14 +177,14 @@ fn per_user_budgets_count_each_user_apart() {
     let mut spec = budget(Some(1_000), None, BudgetPeriod::Month, BudgetAction::Reject).spec;
     spec.per_user = true;
     let b = BudgetState::new(spec, None);
-    let (_, r) = b.admit(Some("alice"), 10, None, &PRICES, T0);
+    let (_, r) = b.admit(Some("alice"), 10, None, None, &PRICES, T0);
     b.settle(r.unwrap(), 1_000, 10, T0);
     assert!(matches!(
-        b.admit(Some("alice"), 10, None, &PRICES, T0).0,
+        b.admit(Some("alice"), 10, None, None, &PRICES, T0).0,
         Admission::Reject { .. }
     ));
     assert!(matches!(
-        b.admit(Some("bob"), 10, None, &PRICES, T0).0,
+        b.admit(Some("bob"), 10, None, None, &PRICES, T0).0,
         Admission::Allow { .. }
     ));
 }
@@ -192,10 +192,111 @@ fn per_user_budgets_count_each_user_apart() {
 #[test]
 fn the_ledger_survives_a_config_reload() {
     let b = budget(Some(1_000), None, BudgetPeriod::Month, BudgetAction::Reject);
-    let (_, r) = b.admit(None, 10, None, &PRICES, T0);
+    let (_, r) = b.admit(None, 10, None, None, &PRICES, T0);
     b.settle(r.unwrap(), 700, 10, T0);
     let mut spec = b.spec.clone();
     spec.limit_usd = Some(2_000);
     let reloaded = BudgetState::new(spec, Some(&b));
     assert_eq!(reloaded.spent(T0).0, 700);
+}
+
+// gpt-4o-mini: $0.15 per 1M input, $0.60 per 1M output, at most 16,384 output tokens.
+const MINI: Prices = Prices {
+    input: 150_000,
+    output: 600_000,
+    cached_input: 75_000,
+    cache_write: 150_000,
+};
+const MINI_CAP: Option<u32> = Some(16_384);
+
+#[test]
+fn a_large_budget_neither_clamps_nor_blocks_requests_without_max_tokens() {
+    // $1,000 a day: no request without max_tokens is clamped (the upstream would refuse a
+    // max_tokens over the model's 16,384), and 60 in flight at once all go ahead.
+    let b = budget(
+        Some(1_000_000_000),
+        None,
+        BudgetPeriod::Day,
+        BudgetAction::Reject,
+    );
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let (a, r) = b.admit(None, 20, None, MINI_CAP, &MINI, T0);
+        assert_eq!(a, Admission::Allow { max_tokens: None });
+        held.push(r.unwrap());
+    }
+    // Each holds a bounded estimate (20 input + 4,096 output tokens), not the whole budget.
+    assert_eq!(
+        held[0].cost,
+        cost_of(20, MINI.input) + cost_of(4_096, MINI.output)
+    );
+    for r in held {
+        b.settle(r, 27, 47, T0);
+    }
+    assert_eq!(b.spent(T0).0, 60 * 27);
+}
+
+#[test]
+fn a_clamp_is_never_above_the_models_output_limit() {
+    // $1 left pays for 1.6M output tokens: the client's 100,000 is clamped to the model's limit,
+    // never sent as the 1.6M the allowance could pay for.
+    let b = budget(
+        Some(1_000_000),
+        None,
+        BudgetPeriod::Day,
+        BudgetAction::Reject,
+    );
+    let (a, _) = b.admit(None, 0, Some(100_000), MINI_CAP, &MINI, T0);
+    assert_eq!(a, Admission::Allow { max_tokens: None });
+    let b = budget(Some(30_000), None, BudgetPeriod::Day, BudgetAction::Reject);
+    // 30,000 micro-dollars pays for 50,000 output tokens: the client's 100,000 becomes 16,384.
+    let (a, _) = b.admit(None, 0, Some(100_000), MINI_CAP, &MINI, T0);
+    assert_eq!(
+        a,
+        Admission::Allow {
+            max_tokens: Some(16_384)
+        }
+    );
+}
+
+#[test]
+fn at_the_tail_a_request_without_max_tokens_gets_exactly_what_is_left() {
+    // $0.006 left pays for 10,000 output tokens, less than the model's 16,384: the request is
+    // clamped to 10,000 and holds all of it, so the next one in flight is refused, not let
+    // through to overspend.
+    let b = budget(Some(6_000), None, BudgetPeriod::Day, BudgetAction::Reject);
+    let (a, r) = b.admit(None, 0, None, MINI_CAP, &MINI, T0);
+    assert_eq!(
+        a,
+        Admission::Allow {
+            max_tokens: Some(10_000)
+        }
+    );
+    let (a, _) = b.admit(None, 0, None, MINI_CAP, &MINI, T0);
+    assert!(matches!(a, Admission::Reject { .. }), "{a:?}");
+    // It used 1,000: the rest is free again.
+    b.settle(r.unwrap(), cost_of(1_000, MINI.output), 1_000, T0);
+    let (a, _) = b.admit(None, 0, None, MINI_CAP, &MINI, T0);
+    assert_eq!(
+        a,
+        Admission::Allow {
+            max_tokens: Some(9_000)
+        }
+    );
+}
+
+#[test]
+fn an_unknown_model_is_clamped_below_the_default_estimate_only() {
+    let b = budget(Some(6_000), None, BudgetPeriod::Day, BudgetAction::Reject);
+    // Pays for 10,000 tokens, more than the 4,096 a request without a limit is expected to use.
+    let (a, _) = b.admit(None, 0, None, None, &MINI, T0);
+    assert_eq!(a, Admission::Allow { max_tokens: None });
+    let b = budget(Some(1_200), None, BudgetPeriod::Day, BudgetAction::Reject);
+    let (a, _) = b.admit(None, 0, None, None, &MINI, T0);
+    assert_eq!(
+        a,
+        Admission::Allow {
+            max_tokens: Some(2_000)
+        }
+    );
 }

@@ -28,7 +28,9 @@ use serde_json::{Map, Value};
 
 use llmesh_api::snapshot::Backend;
 
-use super::{Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, redact, retry_after};
+use super::{
+    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, redact, retry_after,
+};
 
 /// The Messages API version this adapter speaks.
 pub const API_VERSION: &str = "2023-06-01";
@@ -187,10 +189,7 @@ pub fn classify(
         .and_then(|e| e.error);
     let (kind, message) = match &err {
         Some(e) => (e.kind.as_str(), e.message.clone()),
-        None => (
-            "",
-            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-        ),
+        None => ("", excerpt(body, 300, key)),
     };
     let spend_cap = err
         .as_ref()

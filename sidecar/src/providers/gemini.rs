@@ -24,7 +24,9 @@ use serde_json::{Map, Value};
 
 use llmesh_api::snapshot::Backend;
 
-use super::{Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, redact, retry_after};
+use super::{
+    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, redact, retry_after,
+};
 
 /// The Gemini adapter.
 pub struct Gemini;
@@ -217,7 +219,7 @@ pub fn classify(
     body: &[u8],
 ) -> UpstreamError {
     let err = parse_error(body).unwrap_or_else(|| GoogleError {
-        message: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        message: excerpt(body, 300, key),
         ..GoogleError::default()
     });
     let mut e = classify_error(key, status, &err);

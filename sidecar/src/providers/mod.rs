@@ -297,11 +297,41 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_millis((secs * 1000.0) as u64))
 }
 
-/// Removes anything that looks like a credential from a provider message: the backend's own key
-/// and `sk-...`-style tokens (OpenAI echoes a masked key in 401 messages).
+/// Removes anything that looks like a credential from a provider message: the backend's own key,
+/// any run of [`KEY_FRAGMENT`] or more of its characters (a key cut in two by someone's
+/// truncation), and `sk-...`-style tokens (OpenAI echoes a masked key in 401 messages). Cuts the
+/// result to 1,000 bytes, after redacting, so a cut never leaves part of a key behind.
 pub fn redact(message: &str, key: Option<&str>) -> String {
+    let mut s = redact_whole(message, key);
+    cut(&mut s, 1_000);
+    s
+}
+
+/// [`redact`] of an upstream body that may not be text or JSON: decoded lossily, redacted whole,
+/// then cut to `max` bytes.
+pub fn excerpt(body: &[u8], max: usize, key: Option<&str>) -> String {
+    let mut s = redact_whole(&String::from_utf8_lossy(body), key);
+    cut(&mut s, max);
+    s
+}
+
+/// The shortest run of a key's characters that counts as a part of it.
+pub const KEY_FRAGMENT: usize = 8;
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push_str("...");
+    }
+}
+
+fn redact_whole(message: &str, key: Option<&str>) -> String {
     let mut s = match key {
-        Some(k) if k.len() >= 4 => message.replace(k, "<redacted>"),
+        Some(k) if k.len() >= 4 => redact_fragments(&message.replace(k, "<redacted>"), k),
         _ => message.to_string(),
     };
     for prefix in ["sk-", "sk_", "AIza", "key-"] {
@@ -328,15 +358,88 @@ pub fn redact(message: &str, key: Option<&str>) -> String {
         out.push_str(rest);
         s = out;
     }
-    if s.len() > 1_000 {
-        let mut cut = 1_000;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
     s
+}
+
+/// Replaces every run of at least [`KEY_FRAGMENT`] bytes that also occurs in `key` (a prefix
+/// left by a cut, a suffix, any middle part) with `<redacted>`.
+fn redact_fragments(s: &str, key: &str) -> String {
+    let (t, k) = (s.as_bytes(), key.as_bytes());
+    let n = KEY_FRAGMENT;
+    if k.len() < n || t.len() < n {
+        return s.to_string();
+    }
+    let mut hidden = vec![false; t.len()];
+    let mut any = false;
+    for i in 0..=t.len() - n {
+        if k.windows(n).any(|w| w == &t[i..i + n]) {
+            hidden[i..i + n].fill(true);
+            any = true;
+        }
+    }
+    if !any {
+        return s.to_string();
+    }
+    // A hidden run is made of the key's bytes; a key is ASCII (a header value), so every run
+    // starts and ends on a character boundary.
+    let mut out = Vec::with_capacity(t.len());
+    let mut i = 0;
+    while i < t.len() {
+        if hidden[i] {
+            out.extend_from_slice(b"<redacted>");
+            while i < t.len() && hidden[i] {
+                i += 1;
+            }
+        } else {
+            out.push(t[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A JSON error body with every string in it (keys included) redacted as by [`redact`] but
+/// uncut; `None` when the body is not JSON. What a client gets back of an upstream's own error
+/// body: escapes (`\u0073k-...`) are decoded before the search, so they hide nothing. A body
+/// with nothing to redact comes back byte for byte.
+pub fn redact_json(body: &[u8], key: Option<&str>) -> Option<Bytes> {
+    fn clean(s: &str, key: Option<&str>, changed: &mut bool) -> String {
+        let r = redact_whole(s, key);
+        *changed |= r != s;
+        r
+    }
+    fn walk(v: &mut Value, key: Option<&str>, changed: &mut bool) {
+        match v {
+            Value::String(s) => *s = clean(s, key, changed),
+            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, key, changed)),
+            Value::Object(m) => {
+                for (k, mut v) in std::mem::take(m) {
+                    walk(&mut v, key, changed);
+                    m.insert(clean(&k, key, changed), v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    walk(&mut v, key, &mut changed);
+    if !changed {
+        return Some(Bytes::copy_from_slice(body));
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+impl UpstreamError {
+    /// This error with its message and passed-through body redacted for `key`: the one place
+    /// every upstream failure goes through before a client, a log or a metric sees it.
+    pub fn redacted(mut self, key: Option<&str>) -> Self {
+        self.message = redact(&self.message, key);
+        if let Some(body) = self.openai_body.take() {
+            self.openai_body = redact_json(&body, key);
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -389,5 +492,44 @@ mod tests {
             "bad key <redacted>"
         );
         assert_eq!(redact("task-sk-1 ok", None), "task-sk-1 ok");
+    }
+
+    const KEY: &str = "Zq7Rm2Xv9Lp4Ws8Tn3Yb6Hc1Jd5Kf0Ga";
+
+    #[test]
+    fn redaction_runs_before_any_cut_and_hides_key_fragments() {
+        // A key straddling the cut: redacted whole first, so nothing of it is left after the cut.
+        for at in [280, 290, 299] {
+            let body = format!("{}{KEY} tail", "x".repeat(at));
+            let e = excerpt(body.as_bytes(), 300, Some(KEY));
+            assert!(!e.contains(&KEY[..8]), "{e}");
+            assert!(!e.contains("Zq7R"), "at {at}: {e}");
+        }
+        // A part of the key that someone else's cut left behind is still a part of the key.
+        let m = redact(
+            &format!("key was {}... and {}", &KEY[..12], &KEY[20..]),
+            Some(KEY),
+        );
+        assert_eq!(m, "key was <redacted>... and <redacted>");
+        // Text that merely shares a few characters is untouched.
+        assert_eq!(redact("Zq7Rm2X is short", Some(KEY)), "Zq7Rm2X is short");
+    }
+
+    #[test]
+    fn json_bodies_are_redacted_in_every_string_and_key_even_escaped() {
+        let escaped = KEY.replace('Z', "\\u005a");
+        let body = format!(
+            r#"{{"error":{{"message":"m","param":"{KEY}","code":"{escaped}","x":[{{"{KEY}":1}}]}}}}"#
+        );
+        let out = redact_json(body.as_bytes(), Some(KEY)).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            !text.contains(&KEY[..8]) && !text.contains(&KEY[10..18]),
+            "{text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["param"], "<redacted>");
+        assert_eq!(v["error"]["code"], "<redacted>");
+        assert_eq!(redact_json(b"not json", Some(KEY)), None);
     }
 }

@@ -17,8 +17,8 @@ use llmesh_api::ProviderKind;
 use llmesh_api::snapshot::Backend;
 
 use super::{
-    Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, redact,
-    retry_after,
+    Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, excerpt, redact,
+    redact_json, retry_after,
 };
 use crate::fields;
 use crate::sse::SseEvent;
@@ -476,10 +476,7 @@ pub fn classify(
     let parsed = serde_json::from_slice::<Wrapper>(body).ok();
     let (message, code) = match &parsed {
         Some(w) => (w.error.message(), w.error.code()),
-        None => (
-            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-            String::new(),
-        ),
+        None => (excerpt(body, 300, key), String::new()),
     };
     let lower = message.to_lowercase();
     let (class, reason) = match status.as_u16() {
@@ -510,9 +507,13 @@ pub fn classify(
         message: format!("{} {}", status.as_u16(), safe),
         retry_after: retry_after(headers),
         reason,
-        // Only client errors are handed back verbatim, and only when they parse as OpenAI errors.
-        openai_body: (class == ErrorClass::Client && parsed.is_some() && safe == message)
-            .then(|| Bytes::copy_from_slice(body)),
+        // Only client errors are handed back, only when they parse as OpenAI errors, and with
+        // every string in them redacted (a key can sit in any field, escaped or not).
+        openai_body: if class == ErrorClass::Client && parsed.is_some() {
+            redact_json(body, key)
+        } else {
+            None
+        },
     }
 }
 
@@ -594,7 +595,7 @@ impl StreamDecoder for OpenAiStream {
                 "malformed",
                 format!(
                     "unexpected data in the event stream: {}",
-                    String::from_utf8_lossy(&data[..data.len().min(80)])
+                    excerpt(&data, 80, self.key.as_deref())
                 ),
             ));
         } else if self.content_chunks == 0

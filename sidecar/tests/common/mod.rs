@@ -631,3 +631,18 @@ pub fn metric(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+impl Reply {
+    /// An answer of `status` with a body of any type, as written.
+    pub fn raw(status: u16, content_type: &str, body: String) -> Self {
+        Self::new(status, content_type, vec![Part::Data(body)])
+    }
+}
+
+impl Call {
+    /// Sends it with another method.
+    pub fn method(mut self, method: http::Method) -> Self {
+        self.method = method;
+        self
+    }
+}

@@ -8,7 +8,9 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use crate::providers::{Chunk, Decoded, ErrorClass, StreamDecoder, UpstreamError, Usage, redact};
+use crate::providers::{
+    Chunk, Decoded, ErrorClass, StreamDecoder, UpstreamError, Usage, excerpt, redact, redact_json,
+};
 use crate::sse::{SseEvent, frame};
 
 /// The client's body with the backend's model and `max_output_tokens` no larger than the limit
@@ -152,6 +154,13 @@ enum End {
     Failed,
 }
 
+/// A failure event as the client may see it: every string in it redacted for `key`.
+fn redacted(mut ev: SseEvent, key: Option<&str>) -> SseEvent {
+    ev.data = redact_json(&ev.data, key)
+        .unwrap_or_else(|| Bytes::from(excerpt(&ev.data, ev.data.len(), key)));
+    ev
+}
+
 /// Passes the Responses API's events through as complete SSE frames, one chunk per event,
 /// reading usage from the terminal event (`response.completed`, `response.incomplete` or
 /// `response.failed`). `response.created`, `response.in_progress` and `response.queued` are held
@@ -234,9 +243,10 @@ impl StreamDecoder for Passthrough {
                 if !self.committed {
                     return Err(err.upstream_error("stream_error", key));
                 }
-                // The client gets OpenAI's own error event; a `response.failed` may follow.
+                // The client gets OpenAI's own error event, redacted; a `response.failed` may
+                // follow.
                 self.error_seen = true;
-                self.pass(&ev, out);
+                self.pass(&redacted(ev, key), out);
             }
             "response.failed" => {
                 let r = self.terminal(&ev.data).response.unwrap_or_default();
@@ -248,7 +258,7 @@ impl StreamDecoder for Passthrough {
                 }
                 self.usage = r.usage.map(ResponsesUsage::normalise);
                 self.end = Some(End::Failed);
-                self.pass(&ev, out);
+                self.pass(&redacted(ev, key), out);
                 out.push(Chunk::Done);
             }
             "response.completed" | "response.incomplete" => {

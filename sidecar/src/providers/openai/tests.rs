@@ -437,14 +437,18 @@ fn errors_are_classified_by_status_and_code() {
     assert_eq!(e.openai_body.as_deref(), Some(&body[..]));
     let e = classify_one(422, &[], &error_body("x", "Unprocessable"));
     assert_eq!(e.class, ErrorClass::Client);
-    // ... but not when the message had to be redacted.
+    // ... with the key redacted wherever it is.
     let e = classify_one(
         400,
         &[],
         &error_body("x", &format!("bad request for {KEY}")),
     );
     assert_eq!(e.class, ErrorClass::Client);
-    assert!(e.openai_body.is_none());
+    let passed = String::from_utf8(e.openai_body.unwrap().to_vec()).unwrap();
+    assert!(
+        passed.contains("bad request for <redacted>") && !passed.contains(KEY),
+        "{passed}"
+    );
     // Non-JSON bodies are quoted.
     let e = classify_one(502, &[], b"<html>Bad Gateway</html>");
     assert_eq!(e.message, "502 <html>Bad Gateway</html>");

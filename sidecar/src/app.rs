@@ -12,6 +12,7 @@ use llmesh_api::Snapshot;
 
 use crate::accesslog::AccessLog;
 use crate::budget::{Clock, SystemClock};
+use crate::limits::{Buffers, Limits};
 use crate::metrics::Metrics;
 use crate::providers::mock::MockTransport;
 use crate::runtime::{self, Carry, Runtime};
@@ -42,6 +43,10 @@ pub struct App {
     admitted: Arc<AtomicUsize>,
     /// The most admitted at once (`--max-in-flight`); more are refused with a fast 503.
     pub max_in_flight: usize,
+    /// Connection timeouts and the connection cap, for the listener and the body read.
+    pub limits: Limits,
+    /// Bytes of request and answer bodies held by all requests (`--max-buffered-bytes`).
+    pub buffers: Arc<Buffers>,
 }
 
 /// One admitted request: holds its place under `--max-in-flight` until dropped, which the
@@ -64,9 +69,24 @@ pub struct AppBuilder {
     local_keys: Vec<String>,
     responses: crate::ingress::responses::Store,
     max_in_flight: usize,
+    limits: Limits,
+    max_buffered_bytes: usize,
 }
 
 impl AppBuilder {
+    /// Sets the connection timeouts and cap (defaults in [`crate::limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Holds at most `n` bytes of request and answer bodies at once, all requests together
+    /// (0: no limit); the default is [`crate::limits::DEFAULT_MAX_BUFFERED_BYTES`].
+    pub fn max_buffered_bytes(mut self, n: usize) -> Self {
+        self.max_buffered_bytes = n;
+        self
+    }
+
     /// Sends upstream requests through `f(backend)` instead of the network (tests).
     pub fn transports(mut self, f: TransportFactory) -> Self {
         self.transports = Some(f);
@@ -126,6 +146,8 @@ impl AppBuilder {
             responses: self.responses,
             admitted: Arc::new(AtomicUsize::new(0)),
             max_in_flight: self.max_in_flight,
+            limits: self.limits,
+            buffers: Arc::new(Buffers::new(self.max_buffered_bytes)),
         })
     }
 }
@@ -152,6 +174,8 @@ impl App {
             local_keys: Vec::new(),
             responses: crate::ingress::responses::Store::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            limits: Limits::default(),
+            max_buffered_bytes: crate::limits::DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 

@@ -306,18 +306,11 @@ where
         return error_response(&ApiError::not_ready("llmesh: no config loaded yet"), format);
     };
     let limit = rt.max_request_bytes;
-    let Ok(raw) = Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-    else {
-        return error_response(
-            &ApiError::too_large(format!(
-                "llmesh: the request body could not be read within {limit} bytes (limits.maxRequestBytes)"
-            )),
-            format,
-        );
+    let raw = match read_body(app, req.into_body(), limit).await {
+        Ok(raw) => raw,
+        Err(e) => return error_response(&e, format),
     };
-    match ingress::messages::count_tokens(&raw.to_bytes()) {
+    match ingress::messages::count_tokens(&raw) {
         Ok((model, _)) if rt.resolve(&model).is_none() => {
             error_response(&unknown_model(&rt, &model), format)
         }
@@ -334,7 +327,26 @@ where
 {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    // Refused before the body is read: shedding must cost far less than serving.
+    let limit = app
+        .runtime()
+        .map_or(llmesh_api::compile::DEFAULT_MAX_REQUEST_BYTES, |rt| {
+            rt.max_request_bytes
+        });
+    // The body first, under --body-read-timeout and --max-buffered-bytes: a client that never
+    // finishes its body must not hold a place under --max-in-flight meanwhile.
+    let raw = match read_body(&app, body, limit).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            if matches!(e.reason, "body_timeout" | "buffered_bytes") {
+                app.metrics
+                    .limit_rejections
+                    .with_label_values(&["none", e.reason])
+                    .inc();
+            }
+            return answer(app, parts.headers, path, Err(e), endpoint, None).await;
+        }
+    };
+    // Refused before any routing or upstream work: shedding must cost far less than serving.
     let Some(slot) = app.admit() else {
         app.metrics
             .limit_rejections
@@ -346,27 +358,35 @@ where
         ));
         return answer(app, parts.headers, path, Err(e), endpoint, None).await;
     };
-    let limit = app
-        .runtime()
-        .map_or(llmesh_api::compile::DEFAULT_MAX_REQUEST_BYTES, |rt| {
-            rt.max_request_bytes
-        });
-    let raw = match Limited::new(body, limit as usize).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+    answer(app, parts.headers, path, Ok(raw), endpoint, Some(slot)).await
+}
+
+/// Reads a whole request body: at most `limit` bytes, within `--body-read-timeout`, each byte
+/// counted under `--max-buffered-bytes` for as long as the request lasts.
+async fn read_body<B>(app: &App, body: B, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let body = std::pin::pin!(body);
+    let timeout = app.limits.body_read_timeout;
+    let read = Limited::new(crate::limits::Counted(body), limit as usize).collect();
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(crate::limits::body_timeout_error(timeout)),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(format!(
                 "llmesh: the request body is over {limit} bytes, the most any route here accepts (limits.maxRequestBytes)"
             )))
         }
-        Err(e) => Err(ApiError::bad_request(
-            None,
-            format!("llmesh: could not read the request body: {e}"),
-        )),
-    };
-    answer(app, parts.headers, path, raw, endpoint, Some(slot)).await
+        Ok(Err(e)) => match e.downcast_ref::<crate::limits::Spent>() {
+            Some(spent) => Err(spent.error()),
+            None => Err(ApiError::bad_request(
+                None,
+                format!("llmesh: could not read the request body: {e}"),
+            )),
+        },
+    }
 }
 
 /// A generation request (chat, completion, embedding), end to end. Boxed as `Send` here, at one

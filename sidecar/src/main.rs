@@ -12,6 +12,7 @@ use clap::Parser;
 use llmesh_api::duration::parse_duration;
 use llmesh_sidecar::App;
 use llmesh_sidecar::config::{self, FileSource};
+use llmesh_sidecar::limits::{self, Limits};
 use llmesh_sidecar::operator_client::{self, OperatorSource};
 use llmesh_sidecar::server;
 
@@ -110,6 +111,32 @@ struct Args {
     #[arg(long, env = "LLMESH_MAX_IN_FLIGHT", default_value_t = llmesh_sidecar::app::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
 
+    /// How long a client may take to send a request's headers, counted from when the connection
+    /// waits for it (on HTTP/1.1 also the pause before the next request on a kept-alive
+    /// connection); then the connection is closed (0: no limit).
+    #[arg(long, env = "LLMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = limit)]
+    header_read_timeout: Duration,
+
+    /// How long a connection may stay open with no request in progress (0: no limit).
+    #[arg(long, env = "LLMESH_IDLE_TIMEOUT", default_value = "60s", value_parser = limit)]
+    idle_timeout: Duration,
+
+    /// How long a client may take to send a whole request body; then the request is answered
+    /// 408 (0: no limit).
+    #[arg(long, env = "LLMESH_BODY_READ_TIMEOUT", default_value = "30s", value_parser = limit)]
+    body_read_timeout: Duration,
+
+    /// Connections open at once; past it the oldest idle connection is closed to make room, or,
+    /// when all are busy, the new one is refused with a 503. Default: half the open-files limit,
+    /// at most 4096 (0: no limit).
+    #[arg(long, env = "LLMESH_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Bytes of request and answer bodies held in memory at once, all requests together (Ki, Mi
+    /// and Gi suffixes); past it a request is answered 503 (0: no limit).
+    #[arg(long, env = "LLMESH_MAX_BUFFERED_BYTES", default_value = "64Mi", value_parser = llmesh_sidecar::limits::parse_bytes)]
+    max_buffered_bytes: usize,
+
     /// Worker threads serving requests. 1 runs everything on one thread (lowest latency, one
     /// core); 0 uses one per CPU.
     #[arg(long, env = "LLMESH_WORKER_THREADS", default_value_t = 0)]
@@ -121,6 +148,14 @@ struct Args {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// A duration, or `0` for none (the limits' "off").
+fn limit(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
     parse_duration(s)
 }
 
@@ -167,13 +202,28 @@ fn runtime(args: &Args) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// The app as the flags configure it, in either mode.
-fn app(args: &Args, keys: Vec<String>) -> std::sync::Arc<App> {
+/// The app as the flags configure it, in either mode; `open_files` is the open-files limit.
+fn app(args: &Args, keys: Vec<String>, open_files: u64) -> std::sync::Arc<App> {
+    let limits = Limits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        body_read_timeout: if args.body_read_timeout.is_zero() {
+            Duration::MAX
+        } else {
+            args.body_read_timeout
+        },
+        // Half the files for clients: upstream connections, the config and the log need the rest.
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            (open_files / 2).clamp(1, limits::DEFAULT_MAX_CONNECTIONS as u64) as usize
+        }),
+    };
     App::builder()
         .access_log(args.access_log == "on")
         .local_keys(keys)
         .responses_store(args.responses_store_entries, args.responses_store_ttl)
         .max_in_flight(args.max_in_flight)
+        .limits(limits)
+        .max_buffered_bytes(args.max_buffered_bytes)
         .build()
 }
 
@@ -192,13 +242,19 @@ fn main() -> ExitCode {
     }
     // Every connection is a file: a burst of clients must not meet a soft limit of 1,024 when
     // the hard limit allows more (Go's runtime and nginx's worker_rlimit_nofile do the same).
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(open_files = n, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            tracing::debug!(open_files = n, "open files limit");
+            n
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
 
     if let Some(url) = args.operator.clone() {
-        return operator_mode(&args, url);
+        return operator_mode(&args, url, open_files);
     }
     let Some(config) = args.config.clone() else {
         eprintln!("llmesh-sidecar: pass --config FILE or --operator URL");
@@ -252,7 +308,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let app = app(&args, keys);
+        let app = app(&args, keys, open_files);
         tokio::spawn(llmesh_sidecar::memory::trim_loop());
         app.apply(&snapshot);
         app.metrics.reloads.with_label_values(&["ok"]).inc();
@@ -289,7 +345,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs with config from the operator: the snapshot on disk first (if any), then long-polls.
-fn operator_mode(args: &Args, url: String) -> ExitCode {
+fn operator_mode(args: &Args, url: String, open_files: u64) -> ExitCode {
     if args.check {
         eprintln!(
             "llmesh-sidecar: --check validates a --config file; there is none in operator mode"
@@ -348,7 +404,7 @@ fn operator_mode(args: &Args, url: String) -> ExitCode {
     let listen = args.listen;
     let grace = args.shutdown_grace;
     runtime.block_on(async move {
-        let app = app(args, keys);
+        let app = app(args, keys, open_files);
         tokio::spawn(llmesh_sidecar::memory::trim_loop());
         let served = operator_client::start_from_disk(&app, &source);
         let listener = match server::bind(listen).await {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
+use http_body::Body;
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -197,6 +198,17 @@ pub async fn run(
                     ticket.permit = permit;
                     return Ok(outcome);
                 }
+                Err(e) if e.reason == BUFFERS_SPENT => {
+                    // Memory, not the backend, is short: neither a retry nor a fallback helps.
+                    metrics
+                        .limit_rejections
+                        .with_label_values(&[route_name, "buffered_bytes"])
+                        .inc();
+                    return Err(crate::limits::Spent {
+                        max: app.buffers.max(),
+                    }
+                    .error());
+                }
                 Err(e) => {
                     drop(guard);
                     metrics
@@ -264,6 +276,20 @@ pub async fn run(
 /// A limit llmesh chose, no larger than what backend `b`'s model takes (providers refuse more).
 fn capped(max_tokens: u32, b: &BackendState) -> u32 {
     b.output_cap.map_or(max_tokens, |cap| max_tokens.min(cap))
+}
+
+/// The reason of an attempt whose answer did not fit under `--max-buffered-bytes`.
+const BUFFERS_SPENT: &str = "buffered_bytes";
+
+fn buffers_spent(spent: crate::limits::Spent) -> UpstreamError {
+    UpstreamError {
+        class: ErrorClass::Unsupported,
+        status: None,
+        message: spent.to_string(),
+        retry_after: None,
+        reason: BUFFERS_SPENT,
+        openai_body: None,
+    }
 }
 
 fn skipped(reason: &'static str, message: String) -> UpstreamError {
@@ -365,6 +391,7 @@ async fn attempt_unredacted(
         let bytes =
             match timeout_at(attempt_deadline, read_to_end(&mut body, MAX_ERROR_BYTES)).await {
                 Ok(Ok(b)) => b,
+                Ok(Err(ReadError::Spent(spent))) => return Err(buffers_spent(spent)),
                 _ => Bytes::new(),
             };
         return Err(b
@@ -381,12 +408,13 @@ async fn attempt_unredacted(
         let bytes =
             match timeout_at(attempt_deadline, read_to_end(&mut body, MAX_ANSWER_BYTES)).await {
                 Err(_) => return Err(timeout("complete answer")),
-                Ok(Err(e)) => {
+                Ok(Err(ReadError::Cut(e))) => {
                     return Err(UpstreamError::retryable(
                         "reset",
                         format!("the answer was cut off: {e}"),
                     ));
                 }
+                Ok(Err(ReadError::Spent(spent))) => return Err(buffers_spent(spent)),
                 Ok(Ok(b)) => b,
             };
         if !content_type.is_empty() && !content_type.contains("json") {
@@ -476,20 +504,81 @@ async fn attempt_unredacted(
     }
 }
 
-/// Reads a whole body, up to `max` bytes.
-async fn read_to_end(body: &mut UpstreamBody, max: usize) -> Result<Bytes, String> {
-    let mut buf = bytes::BytesMut::new();
+/// Why a body could not be read whole.
+enum ReadError {
+    /// The body broke off or was too long.
+    Cut(String),
+    /// `--max-buffered-bytes` has no room for it.
+    Spent(crate::limits::Spent),
+}
+
+/// Reads a whole body, up to `max` bytes, each counted under `--max-buffered-bytes` until the
+/// request's answer is sent: all of it at once when its length is known, so an answer that
+/// cannot fit is refused before it is read.
+async fn read_to_end(body: &mut UpstreamBody, max: usize) -> Result<Bytes, ReadError> {
+    let mut taken = 0;
+    let read = read_counted(body, max, &mut taken).await;
+    if read.is_err() {
+        // The buffer is gone: give its bytes back now, not when the error has been answered.
+        crate::limits::release(taken);
+    }
+    read
+}
+
+async fn read_counted(
+    body: &mut UpstreamBody,
+    max: usize,
+    taken: &mut usize,
+) -> Result<Bytes, ReadError> {
+    let mut buf = match body.size_hint().exact().map(|n| n as usize) {
+        Some(n) if n > max => {
+            return Err(ReadError::Cut(format!("the answer is over {max} bytes")));
+        }
+        Some(n) => {
+            crate::limits::reserve(n).map_err(ReadError::Spent)?;
+            *taken = n;
+            bytes::BytesMut::with_capacity(n)
+        }
+        None => bytes::BytesMut::new(),
+    };
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| crate::transport::error_chain(e.as_ref()))?;
+        let frame = frame.map_err(|e| ReadError::Cut(crate::transport::error_chain(e.as_ref())))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
-                return Err(format!("the answer is over {max} bytes"));
+                return Err(ReadError::Cut(format!("the answer is over {max} bytes")));
+            }
+            // A body longer than it said is counted for what it adds.
+            let extra = (buf.len() + data.len()).saturating_sub(*taken);
+            if extra > 0 {
+                reserve_more(extra, *taken).await?;
+                *taken += extra;
             }
             buf.extend_from_slice(&data);
         }
     }
     Ok(buf.freeze())
 }
+
+/// Reserves `n` more bytes for an answer that holds `taken`. When several answers of unknown
+/// length meet the limit together, those holding less than half of it fail at once and give
+/// their bytes back, while the one holding more waits for them (up to [`ROOM_WAIT`]): otherwise
+/// readers in step could all fail, and none be answered.
+async fn reserve_more(n: usize, taken: usize) -> Result<(), ReadError> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match crate::limits::reserve(n) {
+            Ok(()) => return Ok(()),
+            Err(spent) if taken > spent.max / 2 && waited < ROOM_WAIT => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                waited += Duration::from_millis(1);
+            }
+            Err(spent) => return Err(ReadError::Spent(spent)),
+        }
+    }
+}
+
+/// How long the largest answer waits for the others to give memory back.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 fn client_error(route: &RouteState, idx: usize, e: UpstreamError) -> ApiError {
     let status = e.status.unwrap_or(StatusCode::BAD_REQUEST);

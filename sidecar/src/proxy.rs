@@ -429,7 +429,10 @@ async fn attempt_unredacted(
             b.provider.decode(&b.spec, call.op, bytes)?
         };
         return Ok(Outcome::Full {
-            body: decoded.body,
+            body: crate::providers::scrub_answer(
+                decoded.body,
+                b.spec.api_key.as_ref().map(|k| k.expose()),
+            ),
             usage: decoded.usage,
             native,
         });

@@ -163,6 +163,25 @@ pub struct Relay {
     first_sent: bool,
 }
 
+/// The key of the backend a ticket's stream comes from.
+fn backend_key<'a>(ticket: &Option<&'a Ticket>) -> Option<&'a str> {
+    let t = (*ticket)?;
+    let (rt, r, b) = (t.rt.as_ref()?, t.route?, t.backend?);
+    rt.routes[r].backends[b]
+        .spec
+        .api_key
+        .as_ref()
+        .map(|k| k.expose())
+}
+
+/// A chunk as the client may see it: one that carries the backend's key has it redacted.
+fn scrubbed(c: Chunk, ticket: &Option<&Ticket>) -> Chunk {
+    match c {
+        Chunk::Data(d) => Chunk::Data(crate::providers::scrub_answer(d, backend_key(ticket))),
+        done => done,
+    }
+}
+
 impl Relay {
     /// A relay starting with the chunks already read by the attempt loop.
     pub fn new(
@@ -173,7 +192,7 @@ impl Relay {
     ) -> Self {
         let mut pending = VecDeque::new();
         for c in start.head {
-            encoder.chunk(c, &mut pending);
+            encoder.chunk(scrubbed(c, &Some(&ticket)), &mut pending);
         }
         let mut relay = Self {
             pending,
@@ -220,11 +239,7 @@ impl Relay {
 
     fn fail(&mut self, reason: &'static str, message: &str) {
         self.count_error(reason);
-        let key = self.ticket.as_ref().and_then(|t| {
-            let (rt, r, b) = (t.rt.as_ref()?, t.route?, t.backend?);
-            rt.routes[r].backends[b].spec.api_key.clone()
-        });
-        let message = crate::providers::redact(message, key.as_ref().map(|k| k.expose()));
+        let message = crate::providers::redact(message, backend_key(&self.ticket.as_ref()));
         self.encoder.error(
             &format!("llmesh: the upstream stream failed after it started: {message}"),
             &mut self.pending,
@@ -243,7 +258,8 @@ impl Relay {
         for ev in events {
             if let Err(e) = self.decoder.event(ev, &mut self.chunks) {
                 for c in self.chunks.drain(..) {
-                    self.encoder.chunk(c, &mut self.pending);
+                    self.encoder
+                        .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
                 }
                 let (reason, message) = (e.reason, e.message);
                 self.fail(reason, &message);
@@ -253,7 +269,8 @@ impl Relay {
         let mut done = false;
         for c in self.chunks.drain(..) {
             done |= c == Chunk::Done;
-            self.encoder.chunk(c, &mut self.pending);
+            self.encoder
+                .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
         }
         if done {
             self.ended();
@@ -271,7 +288,8 @@ impl Relay {
         }
         let result = self.decoder.finish(&mut self.chunks);
         for c in self.chunks.drain(..) {
-            self.encoder.chunk(c, &mut self.pending);
+            self.encoder
+                .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
         }
         match result {
             Ok(()) => self.ended(),

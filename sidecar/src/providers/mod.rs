@@ -330,9 +330,10 @@ fn cut(s: &mut String, max: usize) {
 }
 
 fn redact_whole(message: &str, key: Option<&str>) -> String {
+    let message = unescape_ascii(message);
     let mut s = match key {
         Some(k) if k.len() >= 4 => redact_fragments(&message.replace(k, "<redacted>"), k),
-        _ => message.to_string(),
+        _ => message.into_owned(),
     };
     for prefix in ["sk-", "sk_", "AIza", "key-"] {
         let mut out = String::with_capacity(s.len());
@@ -362,24 +363,31 @@ fn redact_whole(message: &str, key: Option<&str>) -> String {
 }
 
 /// Replaces every run of at least [`KEY_FRAGMENT`] bytes that also occurs in `key` (a prefix
-/// left by a cut, a suffix, any middle part) with `<redacted>`.
+/// left by a cut, a suffix, any middle part) with `<redacted>`. Each 8-byte window of the text
+/// is looked up among the key's windows, so a 64 KiB body costs a binary search per byte.
 fn redact_fragments(s: &str, key: &str) -> String {
+    const N: usize = KEY_FRAGMENT;
+    const _: () = assert!(KEY_FRAGMENT == 8, "windows are compared as u64");
     let (t, k) = (s.as_bytes(), key.as_bytes());
-    let n = KEY_FRAGMENT;
-    if k.len() < n || t.len() < n {
+    if k.len() < N || t.len() < N {
         return s.to_string();
     }
-    let mut hidden = vec![false; t.len()];
-    let mut any = false;
-    for i in 0..=t.len() - n {
-        if k.windows(n).any(|w| w == &t[i..i + n]) {
-            hidden[i..i + n].fill(true);
-            any = true;
+    let word = |b: &[u8]| {
+        let mut w = [0u8; N];
+        w.copy_from_slice(&b[..N]);
+        u64::from_le_bytes(w)
+    };
+    let mut parts: Vec<u64> = k.windows(N).map(word).collect();
+    parts.sort_unstable();
+    let mut hidden: Option<Vec<bool>> = None;
+    for i in 0..=t.len() - N {
+        if parts.binary_search(&word(&t[i..])).is_ok() {
+            hidden.get_or_insert_with(|| vec![false; t.len()])[i..i + N].fill(true);
         }
     }
-    if !any {
+    let Some(hidden) = hidden else {
         return s.to_string();
-    }
+    };
     // A hidden run is made of the key's bytes; a key is ASCII (a header value), so every run
     // starts and ends on a character boundary.
     let mut out = Vec::with_capacity(t.len());
@@ -396,6 +404,50 @@ fn redact_fragments(s: &str, key: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `s` with `\uXXXX` escapes of printable ASCII decoded, so a key written with escapes in text
+/// that is not parsed as JSON (a malformed body, a message quoting one) is still found.
+fn unescape_ascii(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("\\u") {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\\u") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let c = tail
+            .get(2..6)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)
+            .filter(|c| c.is_ascii_graphic() || *c == ' ');
+        match c {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[6..];
+            }
+            None => {
+                out.push_str("\\u");
+                rest = &tail[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// An answer or stream chunk as a client may see it: when it holds the backend's key as written,
+/// the key (and anything key-like) is redacted; otherwise it is returned as is, after one
+/// `memmem` search. Success content is searched for the whole key only: a part of a key comes
+/// from a cut, and only error paths cut.
+pub fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
+    match key {
+        Some(k) if k.len() >= 4 && memchr::memmem::find(&data, k.as_bytes()).is_some() => {
+            Bytes::from(redact_whole(&String::from_utf8_lossy(&data), key))
+        }
+        _ => data,
+    }
 }
 
 /// A JSON error body with every string in it (keys included) redacted as by [`redact`] but

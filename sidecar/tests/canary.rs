@@ -791,8 +791,10 @@ async fn no_piece_of_a_provider_key_reaches_a_client_a_log_or_a_metric() {
         for e in elsewhere.iter().take(20) {
             report.push_str(&format!("\n{e}"));
         }
+        report.push_str(&format!("\nlogs kept in {}", dir.display()));
         panic!("{report}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The leaking cases, compactly: `openai[chat chat~ responses] azure[...]` (`~`: streaming),

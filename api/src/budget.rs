@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
 use crate::money::USD_PATTERN;
+use crate::route::BACKEND_NAME_PATTERN;
 
 /// Caps what routes in a namespace may spend per hour, day or month, and what happens at the cap.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -43,7 +44,13 @@ use crate::money::USD_PATTERN;
 pub struct LLMBudgetSpec {
     /// Names of the LLMRoutes (in this namespace) the budget covers. Empty: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 253),
+            pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )
+    )]
     pub routes: Vec<String>,
     /// Apply the limit to each user key (`x-llmesh-user` header or the body's `user`) separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +66,7 @@ pub struct LLMBudgetSpec {
     /// For `action: downgrade`: the backend (by name, in each covered route) to send requests to
     /// once the budget is spent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(BACKEND_NAME_PATTERN))]
     pub downgrade_backend: Option<String>,
     /// Percentages of the cap at which to raise an alert (Event and metric). Default 50, 80, 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -101,6 +101,13 @@ impl Errors {
         }
     }
 
+    /// Records `problem` (from a [`check`] function) for `field`.
+    fn check(&mut self, field: impl Into<String>, problem: Option<String>) {
+        if let Some(message) = problem {
+            self.push(field, message);
+        }
+    }
+
     fn usd(&mut self, field: &str, value: Option<&String>) -> Option<u64> {
         let text = value?;
         match parse_usd(text) {
@@ -134,6 +141,8 @@ pub fn compile_route(
     let mut errs = Errors::default();
     let mut warnings = Errors::default();
 
+    errs.check("metadata.namespace", check::object_name(namespace, true));
+    errs.check("metadata.name", check::object_name(name, false));
     if spec.backends.is_empty() {
         errs.push(
             "spec.backends",
@@ -146,8 +155,8 @@ pub fn compile_route(
             errs.push(
                 format!("spec.backends[{i}].name"),
                 format!(
-                    "`{}` is not a valid backend name: use 1-63 lower-case letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit",
-                    b.name
+                    "{} is not a valid backend name: use 1-63 lower-case letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit",
+                    check::shown(&b.name)
                 ),
             );
         }
@@ -231,6 +240,15 @@ pub fn compile_route(
                 errs.push(
                     format!("spec.rules[{i}].backends"),
                     "a rule needs at least one backend name",
+                );
+            }
+            if let Some(n) = &r.name {
+                errs.check(format!("spec.rules[{i}].name"), check::text(n, "long-prompts"));
+            }
+            for (j, t) in r.matches.tasks.iter().enumerate() {
+                errs.check(
+                    format!("spec.rules[{i}].match.tasks[{j}]"),
+                    check::text(t, "summarize"),
                 );
             }
             let backends = r
@@ -345,14 +363,17 @@ pub fn compile_route(
     };
 
     let model = spec.model.clone().unwrap_or_else(|| name.to_string());
-    if model.is_empty() {
-        errs.push("spec.model", "the model name must not be empty");
+    if spec.model.is_some() {
+        errs.check("spec.model", check::text(&model, "chat"));
+    }
+    for (i, a) in spec.aliases.iter().enumerate() {
+        errs.check(format!("spec.aliases[{i}]"), check::text(a, "gpt-4o"));
     }
 
     if !errs.0.is_empty() {
         return Err(ObjectError {
             kind: "LLMRoute",
-            object: format!("{namespace}/{name}"),
+            object: format!("{}/{}", namespace.escape_debug(), name.escape_debug()),
             errors: errs.0,
         });
     }
@@ -392,14 +413,7 @@ fn compile_backend(
 
     let base_url = match (&b.base_url, provider.default_base_url()) {
         (Some(url), _) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errs.push(
-                    at("baseUrl"),
-                    format!(
-                        "`{url}` is not an http(s) URL: write it like `https://api.example.com/v1`"
-                    ),
-                );
-            }
+            errs.check(at("baseUrl"), check::base_url(url));
             url.trim_end_matches('/').to_string()
         }
         (None, Some(default)) => default.to_string(),
@@ -451,14 +465,35 @@ fn compile_backend(
         None => None,
     };
 
+    errs.check(at("model"), check::token(&b.model, "gpt-4o-2024-08-06"));
+    if let Some(v) = &b.variant {
+        errs.check(at("variant"), check::text(v, "control"));
+    }
+    if let Some(r) = &b.secret_ref {
+        errs.check(at("secretRef.name"), check::token(&r.name, "openai"));
+        errs.check(at("secretRef.key"), check::token(&r.key, "api-key"));
+    }
+
     let azure = if provider == ProviderKind::Azure {
         match &b.azure {
-            Some(a) => Some(Azure {
-                deployment: a.deployment.clone(),
-                api_version: a
-                    .api_version
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
+            Some(a) => Some({
+                errs.check(
+                    at("azure.deployment"),
+                    check::token(&a.deployment, "gpt-4o-mini"),
+                );
+                if let Some(v) = &a.api_version {
+                    errs.check(
+                        at("azure.apiVersion"),
+                        check::token(v, DEFAULT_AZURE_API_VERSION),
+                    );
+                }
+                Azure {
+                    deployment: a.deployment.clone(),
+                    api_version: a
+                        .api_version
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
+                }
             }),
             None => {
                 errs.push(
@@ -582,22 +617,9 @@ fn compile_backend(
 
     let mut headers: Vec<(String, String)> = Vec::new();
     for (k, v) in &b.headers {
-        let lower = k.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "authorization" | "api-key" | "x-api-key" | "x-goog-api-key"
-        ) {
-            errs.push(
-                at(&format!("headers.{k}")),
-                "credentials must not be written in the route: put the key in a Secret and reference it with secretRef",
-            );
-        } else if http_token(k) && v.bytes().all(|c| c == b'\t' || (0x20..0x7f).contains(&c)) {
-            headers.push((lower, v.clone()));
-        } else {
-            errs.push(
-                at(&format!("headers.{k}")),
-                "not a valid HTTP header name and value",
-            );
+        match check::header(k, v) {
+            None => headers.push((k.to_ascii_lowercase(), v.clone())),
+            Some(e) => errs.push(at(&format!("headers.{}", k.escape_debug())), e),
         }
     }
 
@@ -619,12 +641,6 @@ fn compile_backend(
     }
 }
 
-fn http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
-}
-
 /// Compiles one `LLMBudget` spec.
 pub fn compile_budget(
     namespace: &str,
@@ -632,6 +648,22 @@ pub fn compile_budget(
     spec: &LLMBudgetSpec,
 ) -> Result<Budget, ObjectError> {
     let mut errs = Errors::default();
+    errs.check("metadata.namespace", check::object_name(namespace, true));
+    errs.check("metadata.name", check::object_name(name, false));
+    for (i, r) in spec.routes.iter().enumerate() {
+        errs.check(format!("spec.routes[{i}]"), check::object_name(r, false));
+    }
+    if let Some(d) = &spec.downgrade_backend
+        && !valid_name(d)
+    {
+        errs.push(
+            "spec.downgradeBackend",
+            format!(
+                "{} is not a backend name: use the name of a backend of the covered routes, like `cheap`",
+                check::shown(d)
+            ),
+        );
+    }
     let limit_usd = errs.usd("spec.limit.usd", spec.limit.usd.as_ref());
     if spec.limit.usd.is_none() && spec.limit.tokens.is_none() {
         errs.push(
@@ -656,7 +688,7 @@ pub fn compile_budget(
     if !errs.0.is_empty() {
         return Err(ObjectError {
             kind: "LLMBudget",
-            object: format!("{namespace}/{name}"),
+            object: format!("{}/{}", namespace.escape_debug(), name.escape_debug()),
             errors: errs.0,
         });
     }
@@ -756,5 +788,6 @@ pub fn content_version(snapshot: &Snapshot) -> String {
     format!("{:016x}", h.0)
 }
 
+mod check;
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,16 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The file holds no document llmesh reads: empty, only comments, or only `---`. Editors
+    /// and shell redirections truncate a file before writing it, so a reload that read it
+    /// then would otherwise drop every route.
+    #[error("{source_name}: {message}")]
+    Empty {
+        /// File name.
+        source_name: String,
+        /// What is missing and what to do.
+        message: String,
+    },
     /// The specs are well-formed but do not compile.
     #[error("{source_name}: {error}")]
     Compile {
@@ -81,6 +91,9 @@ pub enum ConfigError {
 
 /// Reads every document of a YAML file into manifests. `allow_secrets` is false for the routes
 /// file: keys are never written next to routes.
+///
+/// A file with no manifest at all is refused ([`ConfigError::Empty`]): it is what a reload
+/// reads while an editor or `>` has truncated the file and not yet written it again.
 pub fn parse(
     source_name: &str,
     text: &str,
@@ -92,12 +105,13 @@ pub fn parse(
     })?;
     let mut out = Vec::new();
     let mut n = 0;
-    for doc in docs {
+    for (raw_index, doc) in docs.into_iter().enumerate() {
         if doc.is_null() {
             continue;
         }
         n += 1;
-        let items = if doc.get("kind").and_then(Value::as_str) == Some("List") {
+        let list = doc.get("kind").and_then(Value::as_str) == Some("List");
+        let items = if list {
             doc.get("items")
                 .and_then(Value::as_array)
                 .cloned()
@@ -105,22 +119,94 @@ pub fn parse(
         } else {
             vec![doc]
         };
-        for item in items {
-            out.push(parse_one(source_name, n, item, allow_secrets)?);
+        for (i, item) in items.into_iter().enumerate() {
+            let at = Doc {
+                source_name,
+                text,
+                number: n,
+                raw_index,
+                item: list.then_some(i),
+            };
+            out.push(parse_one(&at, item, allow_secrets)?);
         }
+    }
+    if out.is_empty() {
+        let message = if allow_secrets {
+            "holds no Secret manifest (the file is empty or only comments): write the Secrets into it, or drop the --secrets flag that names it"
+        } else {
+            "holds no LLMRoute or LLMBudget (the file is empty or only comments), so nothing would be served: \
+             write at least one LLMRoute into it (see examples/). A running sidecar keeps serving its last good config \
+             and loads the file again once it holds one"
+        };
+        return Err(ConfigError::Empty {
+            source_name: source_name.to_string(),
+            message: message.to_string(),
+        });
     }
     Ok(out)
 }
 
-fn parse_one(
-    source_name: &str,
-    doc: usize,
-    v: Value,
-    allow_secrets: bool,
-) -> Result<Manifest, ConfigError> {
+/// Where a manifest sits: the file, its 1-based document number, and (to find a scalar's
+/// spelling again) the document's index among all documents and its index in a `kind: List`.
+struct Doc<'a> {
+    source_name: &'a str,
+    text: &'a str,
+    number: usize,
+    raw_index: usize,
+    item: Option<usize>,
+}
+
+impl Doc<'_> {
+    /// The value at `path` under this manifest, read again with YAML 1.2 booleans: there,
+    /// unquoted `no`, `off` or `yes` stay the words the user wrote.
+    fn as_written(&self, path: &[&str]) -> Option<Value> {
+        let mut options = serde_saphyr::Options::default();
+        options.strict_booleans = true;
+        let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(self.text, options).ok()?;
+        let mut v = docs.into_iter().nth(self.raw_index)?;
+        if let Some(i) = self.item {
+            v = v.get_mut("items")?.get_mut(i)?.take();
+        }
+        for p in path {
+            v = match v {
+                Value::Array(mut a) => {
+                    let i: usize = p.parse().ok()?;
+                    (i < a.len()).then(|| a.swap_remove(i))?
+                }
+                Value::Object(mut m) => m.remove(*p)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// The message for a YAML boolean or number given where text is expected: YAML 1.1 reads
+    /// unquoted `no`, `off`, `yes` and `on` as booleans (as `kubectl` does), so the fix is quotes.
+    fn quote_hint(&self, path: &[&str], found: &Value) -> Option<String> {
+        let what = match found {
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            _ => return None,
+        };
+        let written = match self.as_written(path) {
+            Some(Value::String(s)) => s,
+            Some(v @ (Value::Bool(_) | Value::Number(_))) => v.to_string(),
+            _ => found.to_string(),
+        };
+        let example = match path.last() {
+            Some(key) if key.parse::<usize>().is_err() => format!("{key}: \"{written}\""),
+            _ => format!("- \"{written}\""),
+        };
+        Some(format!(
+            "YAML reads the unquoted `{written}` as {what}, but this field is text: quote it, like `{example}`"
+        ))
+    }
+}
+
+fn parse_one(at: &Doc<'_>, v: Value, allow_secrets: bool) -> Result<Manifest, ConfigError> {
     let err = |what: &str, field: &str, message: String| ConfigError::Document {
-        source_name: source_name.to_string(),
-        doc,
+        source_name: at.source_name.to_string(),
+        doc: at.number,
         what: what.to_string(),
         field: field.to_string(),
         message,
@@ -130,6 +216,13 @@ fn parse_one(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    for key in ["name", "namespace"] {
+        if let Some(found) = v.get("metadata").and_then(|m| m.get(key))
+            && let Some(hint) = at.quote_hint(&["metadata", key], found)
+        {
+            return Err(err(&kind, &format!("metadata.{key}"), hint));
+        }
+    }
     let api_version = v
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -144,14 +237,21 @@ fn parse_one(
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
-    let what = format!("{kind} {namespace}/{name}");
+    let what = format!(
+        "{kind} {}/{}",
+        namespace.escape_debug(),
+        name.escape_debug()
+    );
     match kind.as_str() {
         "LLMRoute" | "LLMBudget" => {
             if api_version != API_VERSION {
                 return Err(err(
                     &what,
                     "apiVersion",
-                    format!("`{api_version}` is not served: use `{API_VERSION}`"),
+                    format!(
+                        "`{}` is not served: use `{API_VERSION}`",
+                        api_version.escape_debug()
+                    ),
                 ));
             }
         }
@@ -172,8 +272,9 @@ fn parse_one(
             ));
         }
         other => {
+            let other = other.escape_debug().to_string();
             return Err(err(
-                other,
+                &other,
                 "kind",
                 format!(
                     "`{other}` is not something llmesh reads: use LLMRoute or LLMBudget (and Secret in --secrets files)"
@@ -190,12 +291,12 @@ fn parse_one(
     }
     match kind.as_str() {
         "LLMRoute" => Ok(Manifest::Route {
-            spec: typed(v.get("spec")).map_err(|(f, m)| err(&what, &f, m))?,
+            spec: typed(at, v.get("spec")).map_err(|(f, m)| err(&what, &f, m))?,
             namespace,
             name,
         }),
         "LLMBudget" => Ok(Manifest::Budget {
-            spec: typed(v.get("spec")).map_err(|(f, m)| err(&what, &f, m))?,
+            spec: typed(at, v.get("spec")).map_err(|(f, m)| err(&what, &f, m))?,
             namespace,
             name,
         }),
@@ -231,7 +332,11 @@ fn parse_one(
     }
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(spec: Option<&Value>) -> Result<Box<T>, (String, String)> {
+fn typed<T: for<'de> Deserialize<'de>>(
+    at: &Doc<'_>,
+    spec: Option<&Value>,
+) -> Result<Box<T>, (String, String)> {
+    use serde_path_to_error::Segment;
     let Some(spec) = spec else {
         return Err(("spec".into(), "missing".into()));
     };
@@ -244,7 +349,29 @@ fn typed<T: for<'de> Deserialize<'de>>(spec: Option<&Value>) -> Result<Box<T>, (
             } else {
                 format!("spec.{path}")
             };
-            (field, e.into_inner().to_string())
+            let steps: Option<Vec<String>> = e
+                .path()
+                .iter()
+                .map(|s| match s {
+                    Segment::Seq { index } => Some(index.to_string()),
+                    Segment::Map { key } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
+            let message = e.into_inner().to_string();
+            let hint = steps
+                .filter(|_| message.ends_with("expected a string"))
+                .and_then(|steps| {
+                    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+                    let found = steps.iter().try_fold(spec, |v, p| match v {
+                        Value::Array(a) => a.get(p.parse::<usize>().ok()?),
+                        Value::Object(m) => m.get(*p),
+                        _ => None,
+                    })?;
+                    let full: Vec<&str> = std::iter::once("spec").chain(steps).collect();
+                    at.quote_hint(&full, found)
+                });
+            (field, hint.unwrap_or(message))
         })
 }
 
@@ -531,6 +658,107 @@ spec:
             e.contains("apiVersion") && e.contains("llmesh.io/v1alpha1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_with_no_manifest_is_refused() {
+        // What a reload reads while an editor or `>` has truncated the file.
+        for text in [
+            "",
+            "\n  \n",
+            "# routes for the team\n",
+            "---\n---\n",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        ] {
+            let e = parse("routes.yaml", text, false).unwrap_err();
+            assert!(matches!(e, ConfigError::Empty { .. }), "{text:?}: {e}");
+            let e = e.to_string();
+            assert!(
+                e.starts_with("routes.yaml: holds no LLMRoute or LLMBudget")
+                    && e.contains("last good config"),
+                "{e}"
+            );
+        }
+        let e = parse("secrets.yaml", "", true).unwrap_err().to_string();
+        assert!(e.contains("holds no Secret manifest"), "{e}");
+    }
+
+    #[test]
+    fn a_yaml_boolean_or_number_where_text_belongs_asks_for_quotes() {
+        for (from, to, field, hint) in [
+            (
+                "  backends:",
+                "  model: no\n  backends:",
+                "spec.model",
+                "the unquoted `no` as a boolean, but this field is text: quote it, like `model: \"no\"`",
+            ),
+            (
+                "  backends:",
+                "  model: 'off'\n  aliases: [yes]\n  backends:",
+                "spec.aliases[0]",
+                "the unquoted `yes` as a boolean, but this field is text: quote it, like `- \"yes\"`",
+            ),
+            (
+                "gpt-4o\n",
+                "4\n",
+                "spec.backends[1].model",
+                "the unquoted `4` as a number",
+            ),
+            (
+                "name: chat",
+                "name: on",
+                "metadata.name",
+                "`on` as a boolean",
+            ),
+        ] {
+            let bad = FILE.replacen(from, to, 1);
+            let e = parse("routes.yaml", &bad, false).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{field}: YAML reads")) && e.contains(hint),
+                "{e}"
+            );
+        }
+        // Quoted, the same words are text.
+        let good = FILE.replacen("  backends:", "  model: \"no\"\n  backends:", 1);
+        let m = parse("routes.yaml", &good, false).unwrap();
+        let (snap, _) = compile("routes.yaml", &m, &LocalSecrets::new(&[], env())).unwrap();
+        assert_eq!(snap.routes[0].model, "no");
+        // A boolean where a boolean belongs is still one.
+        let flag = FILE.replacen("  backends:", "  allowModelPinning: yes\n  backends:", 1);
+        assert!(parse("routes.yaml", &flag, false).is_ok());
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused_at_compile_time() {
+        for (from, to, field) in [
+            ("name: chat", "name: \"chat\\r\\n\"", "metadata.name"),
+            (
+                "  backends:",
+                "  model: \"chat\\u0000\"\n  backends:",
+                "spec.model",
+            ),
+            (
+                "  backends:",
+                "  aliases: [\"\"]\n  backends:",
+                "spec.aliases[0]",
+            ),
+            (
+                "model: gpt-4o\n",
+                "model: \"gpt-4o\\r\\nX-Injected: 1\"\n",
+                "spec.backends[1].model",
+            ),
+        ] {
+            let bad = FILE.replacen(from, to, 1);
+            let m = parse("routes.yaml", &bad, false).unwrap();
+            let e = compile("routes.yaml", &m, &LocalSecrets::new(&[], env()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{field}: ")), "{field}: {e}");
+            assert!(
+                !e.contains('\r') && !e.contains('\n') && !e.contains('\0'),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

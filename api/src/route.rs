@@ -12,6 +12,21 @@ use crate::condition::Condition;
 use crate::duration::DURATION_PATTERN;
 use crate::money::USD_PATTERN;
 
+/// Schema pattern for names clients send or headers carry (models, aliases, variants, rule
+/// names): no control characters, no space at either end. `compile` checks the same.
+pub const TEXT_PATTERN: &str = r"^[^\s\x00-\x1F\x7F]([^\x00-\x1F\x7F]*[^\s\x00-\x1F\x7F])?$";
+
+/// Schema pattern for upstream ids that end up in request URLs (backend models, Azure
+/// deployments, Secret references): no whitespace, control characters, `?` or `#`.
+pub const TOKEN_PATTERN: &str = r"^[^\s\x00-\x1F\x7F?#]+$";
+
+/// Schema pattern for `baseUrl`: absolute http(s), a host with no user info, and no whitespace,
+/// control characters, query or fragment. `compile` checks the host, port and path further.
+pub const BASE_URL_PATTERN: &str = r"^https?://[^\s\x00-\x1F\x7F/?#@]+(/[^\s\x00-\x1F\x7F?#]*)?$";
+
+/// Schema pattern for backend names (also `fallbacks`, rule backends, `downgradeBackend`).
+pub const BACKEND_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$";
+
 /// Routes one client-facing model name to a set of LLM backends with fallbacks, A/B splits,
 /// retries, limits and a cache.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -62,12 +77,15 @@ use crate::money::USD_PATTERN;
 pub struct LLMRouteSpec {
     /// The model name clients send (`"model": "chat"`). Defaults to the route's metadata.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(TEXT_PATTERN))]
     pub model: Option<String>,
 
     /// More model names that reach this route (for example `gpt-4o`, so existing code keeps working).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 253), pattern(TEXT_PATTERN))
+    )]
     pub aliases: Vec<String>,
 
     /// Which pods' sidecars serve this route. Empty or absent: every injected pod in the namespace.
@@ -168,24 +186,21 @@ pub enum SelectorOperator {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendSpec {
     /// A short name for this backend, unique in the route; used in fallbacks, rules, headers and metrics.
-    #[schemars(
-        length(min = 1, max = 63),
-        pattern(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), pattern(BACKEND_NAME_PATTERN))]
     pub name: String,
 
     /// Which API the backend speaks.
     pub provider: ProviderKind,
 
     /// The upstream model id (for Azure OpenAI the underlying model, used for pricing).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(TOKEN_PATTERN))]
     pub model: String,
 
     /// Base URL of the API, up to and including the version prefix (for example
     /// `https://api.openai.com/v1`). Defaults to the provider's public endpoint; required for
     /// `openaiCompatible` and `azure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^https?://"))]
+    #[schemars(pattern(BASE_URL_PATTERN))]
     pub base_url: Option<String>,
 
     /// The Secret key holding the provider API key. Standalone, `{name: openai, key: api-key}` is
@@ -201,7 +216,7 @@ pub struct BackendSpec {
 
     /// The A/B variant label in the `x-llmesh-variant` header and metrics. Defaults to the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(TEXT_PATTERN))]
     pub variant: Option<String>,
 
     /// Prices in USD per 1M tokens, overriding the shipped price table.
@@ -219,7 +234,9 @@ pub struct BackendSpec {
     #[schemars(range(min = 1))]
     pub max_concurrency: Option<u32>,
 
-    /// Extra request headers, for example OpenRouter's `HTTP-Referer` and `X-Title`.
+    /// Extra request headers, for example OpenRouter's `HTTP-Referer` and `X-Title`. Headers
+    /// that carry a credential (`Authorization`, `Cookie`, `X-Auth-Token`, any name with `auth`,
+    /// `key`, `token`, `secret` or `password` in it) are refused: keys come only from `secretRef`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
 
@@ -340,10 +357,10 @@ impl ProviderKind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
     /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(TOKEN_PATTERN))]
     pub name: String,
     /// The key inside the Secret's data.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(TOKEN_PATTERN))]
     pub key: String,
 }
 
@@ -391,10 +408,11 @@ pub struct PriceSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AzureSpec {
     /// The deployment name in the Azure OpenAI resource.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(TOKEN_PATTERN))]
     pub deployment: String,
     /// The `api-version` query parameter. Default `2024-10-21`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(TOKEN_PATTERN))]
     pub api_version: Option<String>,
 }
 
@@ -470,6 +488,7 @@ pub enum Strategy {
 pub struct RuleSpec {
     /// A name for the rule, shown in the `x-llmesh-rule` header. Defaults to `rule-<index>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(TEXT_PATTERN))]
     pub name: Option<String>,
     /// What the request must look like; every condition given must hold. Empty: always matches.
     #[serde(default, rename = "match")]
@@ -485,6 +504,7 @@ pub struct RuleSpec {
 pub struct RuleMatch {
     /// The `x-llmesh-task` request header is one of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 253), pattern(TEXT_PATTERN)))]
     pub tasks: Vec<String>,
     /// The estimated prompt is at least this many tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -108,3 +108,65 @@ pub async fn watch(
         last = files;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = "apiVersion: llmesh.io/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat}\nspec:\n  backends:\n    - {name: m, provider: mock, model: m}\n";
+
+    fn reloads(app: &App, result: &str) -> u64 {
+        app.metrics.reloads.with_label_values(&[result]).get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_emptied_file_is_refused_at_start_and_on_reload() {
+        let dir = std::env::temp_dir().join(format!("llmesh-config-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("routes.yaml");
+        let source = FileSource {
+            path: path.clone(),
+            secrets: Vec::new(),
+        };
+
+        // At start: a clear message, no config.
+        std::fs::write(&path, "# routes go here\n").unwrap();
+        let e = source.load().unwrap_err();
+        assert!(
+            e.contains("routes.yaml: holds no LLMRoute or LLMBudget"),
+            "{e}"
+        );
+
+        std::fs::write(&path, CHAT).unwrap();
+        let (snapshot, _, files) = source.load().unwrap();
+        let app = App::builder().build();
+        app.apply(&snapshot);
+        let watcher = tokio::spawn(watch(
+            app.clone(),
+            source.clone(),
+            Duration::from_secs(1),
+            files,
+        ));
+
+        // An editor (or `>`) truncates before writing: the reload is refused and counted, and
+        // `chat` keeps being served.
+        for (i, text) in ["", "  \n", "---\n# saving...\n"].into_iter().enumerate() {
+            std::fs::write(&path, text).unwrap();
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            assert_eq!(reloads(&app, "invalid"), i as u64 + 1, "{text:?}");
+            let rt = app.runtime().unwrap();
+            assert!(rt.resolve("chat").is_some(), "{text:?} dropped the routes");
+            assert_eq!(rt.version, snapshot.version);
+        }
+
+        // The write completes: the new file is served.
+        std::fs::write(&path, CHAT.replace("name: chat", "name: chat-v2")).unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(reloads(&app, "ok"), 1);
+        let rt = app.runtime().unwrap();
+        assert!(rt.resolve("chat-v2").is_some() && rt.resolve("chat").is_none());
+
+        watcher.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -299,3 +299,242 @@ fn budgets_need_a_limit_and_downgrades_need_a_known_backend() {
     let e = assemble(vec![route], vec![budget]).unwrap_err().to_string();
     assert!(e.contains("route ns/r has no backend `cheap`"), "{e}");
 }
+
+fn with_url(url: &str) -> Vec<String> {
+    let mut b = backend("a", ProviderKind::OpenaiCompatible, "llama");
+    b.base_url = Some(url.into());
+    match compile_route("ns", "r", &spec(vec![b]), &Keys) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn base_urls_must_be_absolute_http_urls_a_request_can_be_built_on() {
+    for good in [
+        "https://api.example.com/v1",
+        "http://127.0.0.1:8000/v1/",
+        "http://[::1]:11434/v1",
+        "http://vllm_server.svc:8000",
+        "https://gateway.example.com/path%20with/v1",
+    ] {
+        assert_eq!(with_url(good), Vec::<String>::new(), "{good}");
+    }
+    for (bad, says) in [
+        (
+            "https://api.example.com /v1",
+            "contains a space or control character",
+        ),
+        (
+            "https://api.example.com/v1\r\n",
+            "contains a space or control character",
+        ),
+        (
+            "\thttps://api.example.com/v1",
+            "contains a space or control character",
+        ),
+        ("ftp://api.example.com/v1", "is not an absolute http(s) URL"),
+        ("api.example.com/v1", "is not an absolute http(s) URL"),
+        ("https:///v1", "has no host"),
+        ("https://", "has no host"),
+        ("https://api.example.com:99999/v1", "has the port `99999`"),
+        ("https://api.example.com:/v1", "has the port ``"),
+        ("https://user:pass@api.example.com/v1", "carries user info"),
+        (
+            "https://api.example.com/v1?key=1",
+            "has a query or fragment",
+        ),
+        ("https://api.exa<mple.com/v1", "has an invalid host"),
+        ("https://api.example.com/v{1}", "has `{` in its path"),
+        (
+            "https://api.example.com/v1%zz",
+            "has a `%` not followed by two hex digits",
+        ),
+        ("https://apí.example.com/v1", "has non-ASCII characters"),
+        ("http://[::1/v1", "unclosed IPv6 host"),
+    ] {
+        let e = with_url(bad);
+        assert!(
+            e.len() == 1 && e[0].starts_with("spec.backends[0].baseUrl: ") && e[0].contains(says),
+            "{bad:?}: {e:?}"
+        );
+        assert!(!e[0].contains(['\r', '\n', '\t']), "{e:?}");
+    }
+}
+
+#[test]
+fn names_models_and_aliases_must_be_text_without_control_characters() {
+    let mut s = spec(vec![backend("a", ProviderKind::Mock, "m")]);
+    s.model = Some(String::new());
+    s.aliases = vec!["ok".into(), "bad\r\nx-injected: 1".into(), " padded".into()];
+    let e = errors(compile_route("ns", "r", &s, &Keys));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.model: must not be empty")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "spec.aliases[1]: \"bad\\r\\nx-injected: 1\" contains a control character"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.aliases[2]: \" padded\" starts or ends with a space")),
+        "{e:?}"
+    );
+    assert!(!e.iter().any(|m| m.starts_with("spec.aliases[0]")), "{e:?}");
+
+    let mut b = backend("a", ProviderKind::Openai, "gpt-4o\u{0}");
+    b.variant = Some("v\n".into());
+    let mut s = spec(vec![b, backend("", ProviderKind::Mock, "")]);
+    s.rules = vec![RuleSpec {
+        name: Some("r\r".into()),
+        matches: RuleMatch {
+            tasks: vec![String::new()],
+            ..Default::default()
+        },
+        backends: vec!["a".into()],
+    }];
+    let e = errors(compile_route("ns", "r", &s, &Keys));
+    for field in [
+        "spec.backends[0].model: ",
+        "spec.backends[0].variant: ",
+        "spec.backends[1].name: ",
+        "spec.backends[1].model: must not be empty",
+        "spec.rules[0].name: ",
+        "spec.rules[0].match.tasks[0]: must not be empty",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(field)), "{field}: {e:?}");
+    }
+    assert!(!e.iter().any(|m| m.contains(['\r', '\n', '\0'])), "{e:?}");
+
+    // A model id with a space would break the URL of Gemini and Azure requests.
+    let e = errors(compile_route(
+        "ns",
+        "r",
+        &spec(vec![backend("a", ProviderKind::Gemini, "gemini 2.5 flash")]),
+        &Keys,
+    ));
+    assert!(
+        e[0].starts_with("spec.backends[0].model: ") && e[0].contains("a space"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn route_and_budget_names_follow_kubernetes_rules() {
+    let s = spec(vec![backend("a", ProviderKind::Mock, "m")]);
+    for (ns, name, field) in [
+        ("ns", "chat\r\n", "metadata.name"),
+        ("ns", "", "metadata.name"),
+        ("ns", "Chat", "metadata.name"),
+        ("n\0s", "chat", "metadata.namespace"),
+        ("my.ns", "chat", "metadata.namespace"),
+    ] {
+        let e = compile_route(ns, name, &s, &Keys).unwrap_err();
+        assert!(e.errors[0].field == field, "{ns:?}/{name:?}: {e}");
+        assert!(!e.to_string().contains(['\r', '\n', '\0']), "{e}");
+    }
+    assert!(compile_route("team-a", "chat.v2", &s, &Keys).is_ok());
+
+    let b = LLMBudgetSpec {
+        routes: vec!["chat".into(), "bad\nroute".into()],
+        limit: crate::budget::BudgetLimit {
+            usd: Some("1".into()),
+            tokens: None,
+        },
+        downgrade_backend: Some("Cheap One".into()),
+        ..Default::default()
+    };
+    let e = compile_budget("ns", "b\n", &b).unwrap_err();
+    let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["metadata.name", "spec.routes[1]", "spec.downgradeBackend"],
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'), "{e}");
+}
+
+#[test]
+fn every_credential_bearing_header_is_refused_and_other_headers_need_clean_values() {
+    for name in [
+        "Authorization",
+        "Proxy-Authorization",
+        "Cookie",
+        "X-Api-Key",
+        "api-key",
+        "x-goog-api-key",
+        "X-Auth-Token",
+        "X-Amz-Security-Token",
+        "Ocp-Apim-Subscription-Key",
+        "Helicone-Auth",
+        "X-Access-Token",
+        "X-Client-Secret",
+        "X-Portkey-Api-Key",
+    ] {
+        let mut a = backend("a", ProviderKind::Openrouter, "openai/gpt-4o");
+        a.headers.insert(name.into(), "sk-secret-value".into());
+        let e = errors(compile_route("ns", "r", &spec(vec![a]), &Keys));
+        assert!(
+            e.len() == 1
+                && e[0].starts_with(&format!("spec.backends[0].headers.{name}: "))
+                && e[0].contains("carries a credential")
+                && e[0].contains("secretRef"),
+            "{name}: {e:?}"
+        );
+        assert!(!e[0].contains("sk-secret-value"), "{e:?}");
+    }
+
+    let mut a = backend("a", ProviderKind::Openrouter, "openai/gpt-4o");
+    a.headers
+        .insert("HTTP-Referer".into(), "https://example.com".into());
+    a.headers.insert("X-Title".into(), "My App".into());
+    a.headers
+        .insert("OpenAI-Organization".into(), "org-1".into());
+    let r = compile_route("ns", "r", &spec(vec![a]), &Keys)
+        .unwrap()
+        .route;
+    assert_eq!(r.backends[0].headers.len(), 3);
+
+    for (name, value, says) in [
+        ("X-Title", "", "is empty"),
+        ("X-Title", "a\r\nX-Injected: 1", "has a line break"),
+        ("X-Title", " padded", "starts or ends with a space"),
+        ("X Title", "v", "is not a valid HTTP header name"),
+        ("", "v", "is not a valid HTTP header name"),
+        ("X-Tit\nle", "v", "is not a valid HTTP header name"),
+    ] {
+        let mut a = backend("a", ProviderKind::Openrouter, "openai/gpt-4o");
+        a.headers.insert(name.into(), value.into());
+        let e = errors(compile_route("ns", "r", &spec(vec![a]), &Keys));
+        assert!(
+            e.len() == 1 && e[0].starts_with("spec.backends[0].headers.") && e[0].contains(says),
+            "{name:?}: {value:?}: {e:?}"
+        );
+        assert!(!e[0].contains(['\r', '\n']), "{e:?}");
+    }
+}
+
+#[test]
+fn azure_deployments_and_api_versions_must_fit_in_a_url() {
+    let mut az = backend("az", ProviderKind::Azure, "gpt-4o");
+    az.base_url = Some("https://res.openai.azure.com/openai".into());
+    az.azure = Some(crate::route::AzureSpec {
+        deployment: "my deployment".into(),
+        api_version: Some("2024-10-21#x".into()),
+    });
+    let e = errors(compile_route("ns", "r", &spec(vec![az]), &Keys));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.backends[0].azure.deployment: ")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.backends[0].azure.apiVersion: ")),
+        "{e:?}"
+    );
+}

@@ -9,7 +9,8 @@
 //! Requests the real API refuses are refused here too, with its wording, so a gateway's
 //! translation mistakes fail in tests: a `system` role inside `messages`, `tool_result` blocks
 //! that do not answer the previous message's `tool_use` ids (or `tool_use` left unanswered),
-//! empty text blocks, `temperature` above 1, a missing `max_tokens`.
+//! empty text blocks, `temperature` above 1, a missing `max_tokens` or one above the model's
+//! output limit ([`crate::limits`]).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -84,11 +85,26 @@ fn ids_of<'a>(m: &'a Value, ty: &str, key: &str) -> Vec<&'a str> {
 
 /// The refusals of the real API that a translating gateway could trigger.
 fn validate(body: &Value, generate: bool) -> Result<(), String> {
-    if body.get("model").and_then(Value::as_str).is_none() {
+    let Some(model) = body.get("model").and_then(Value::as_str) else {
         return Err("model: Field required".into());
-    }
-    if generate && body.get("max_tokens").and_then(Value::as_u64).is_none() {
-        return Err("max_tokens: Field required".into());
+    };
+    if generate {
+        let max = match body.get("max_tokens") {
+            None | Some(Value::Null) => return Err("max_tokens: Field required".into()),
+            Some(v) => v
+                .as_u64()
+                .ok_or("max_tokens: Input should be a valid integer")?,
+        };
+        if max < 1 {
+            return Err("max_tokens: Input should be greater than or equal to 1".into());
+        }
+        if let Some(limit) = crate::limits::max_output_tokens(model)
+            && max > limit
+        {
+            return Err(format!(
+                "max_tokens: {max} > {limit}, which is the maximum allowed number of output tokens for {model}"
+            ));
+        }
     }
     if let Some(t) = body.get("temperature").and_then(Value::as_f64)
         && !(0.0..=1.0).contains(&t)

@@ -11,7 +11,8 @@
 //!
 //! Requests the real API refuses are refused here too: unknown schema keys in tools or
 //! `responseSchema` (`additionalProperties`, `$schema`, ...), roles other than `user` / `model`,
-//! empty parts, function responses that do not follow a call turn one for one, and, for
+//! empty parts, a `maxOutputTokens` above the model's output limit ([`crate::limits`]),
+//! function responses that do not follow a call turn one for one, and, for
 //! `gemini-3` models, replayed function calls without their `thoughtSignature`.
 
 use bytes::Bytes;
@@ -227,6 +228,17 @@ fn validate(body: &Value, model: &str, generate: bool) -> Result<(), String> {
     }
     if !generate {
         return Ok(());
+    }
+    if let Some(n) = body
+        .pointer("/generationConfig/maxOutputTokens")
+        .and_then(Value::as_u64)
+        && let Some(limit) = crate::limits::max_output_tokens(model)
+        && n > limit
+    {
+        return Err(format!(
+            "Unable to submit request because it has a maxOutputTokens value of {n} but the supported range is from 1 (inclusive) to {} (exclusive). Update the value and try again.",
+            limit + 1
+        ));
     }
     for (i, t) in body
         .get("tools")

@@ -15,6 +15,7 @@ pub mod body;
 pub mod content;
 pub mod dialect;
 pub mod gemini;
+pub mod limits;
 pub mod openai;
 pub mod record;
 pub mod scenario;

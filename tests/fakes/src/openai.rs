@@ -7,6 +7,10 @@
 //! Azure OpenAI's URL shape is served too: `/openai/deployments/{deployment}/chat/completions?
 //! api-version=...` with the `api-key` header, its content-filter annotations, and its error
 //! wording where it differs.
+//!
+//! Chat completions refuse what OpenAI refuses about the completion-token limit, with its error
+//! body: `max_tokens` and `max_completion_tokens` together, a value that is not an integer or is
+//! below 1, and one above the model's output limit ([`crate::limits`]).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -290,6 +294,71 @@ fn model(ep: &Endpoint, body: &Value) -> String {
         .to_string()
 }
 
+/// The API's refusals of the completion-token limit: `max_tokens` and `max_completion_tokens`
+/// together, a value that is not an integer or is below 1, or one above what the model can write
+/// ([`crate::limits`]; a model the fake does not know takes any value).
+fn check_max_tokens(model: &str, body: &Value) -> Option<Reply> {
+    let bad = |message: &str, param: &str, code: Option<&str>| {
+        Some(error(
+            StatusCode::BAD_REQUEST,
+            message,
+            "invalid_request_error",
+            Some(param),
+            code,
+        ))
+    };
+    let given: Vec<(&str, &Value)> = ["max_tokens", "max_completion_tokens"]
+        .into_iter()
+        .filter_map(|k| body.get(k).filter(|v| !v.is_null()).map(|v| (k, v)))
+        .collect();
+    if given.len() == 2 {
+        return bad(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+            "max_tokens",
+            Some("invalid_parameter_combination"),
+        );
+    }
+    let &(param, v) = given.first()?;
+    let n = match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
+        other => {
+            let got = match other {
+                Value::Number(_) => "a decimal number",
+                Value::String(_) => "a string",
+                Value::Bool(_) => "a boolean",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            };
+            return bad(
+                &format!("Invalid type for '{param}': expected an integer, but got {got} instead."),
+                param,
+                Some("invalid_type"),
+            );
+        }
+    };
+    if n < 1 {
+        return bad(
+            &format!(
+                "Invalid '{param}': integer below minimum value. Expected a value >= 1, but got {n} instead."
+            ),
+            param,
+            Some("integer_below_min_value"),
+        );
+    }
+    let limit = crate::limits::max_output_tokens(model)?;
+    if n as u64 > limit {
+        // OpenAI's wording for `max_tokens`; the same sentence names `max_completion_tokens`.
+        return bad(
+            &format!(
+                "{param} is too large: {n}. This model supports at most {limit} completion tokens, whereas you provided {n}."
+            ),
+            param,
+            None,
+        );
+    }
+    None
+}
+
 fn chat(ep: &Endpoint, body: &Value, ctx: &Ctx<'_>) -> Reply {
     if ep.flavor == OPENAI && body.get("model").and_then(Value::as_str).is_none() {
         return error(
@@ -322,6 +391,11 @@ fn chat(ep: &Endpoint, body: &Value, ctx: &Ctx<'_>) -> Reply {
         }
     };
     let model = model(ep, body);
+    if ep.flavor == OPENAI
+        && let Some(refused) = check_max_tokens(&model, body)
+    {
+        return refused;
+    }
     let id = content::id("chatcmpl-", ctx.seq);
     let created = now_unix();
     let n = n_of(body);

@@ -26,7 +26,10 @@ if [[ "${1:-}" == "--check" ]]; then
     exit 1
   fi
 else
-  render >"$OUT.tmp.$$"
+  if ! render >"$OUT.tmp.$$"; then
+    rm -f "$OUT.tmp.$$"
+    exit 1
+  fi
   mv -f "$OUT.tmp.$$" "$OUT"
   echo "wrote $OUT"
 fi

@@ -168,18 +168,26 @@ ok "the operator's and the helm test's Pods pass the restricted Pod Security pro
 # --- the operator, run as the chart made it ----------------------------------------------------
 SERVER=$("$K" config view --raw -o jsonpath='{.clusters[0].cluster.server}')
 CA_FILE=$("$K" config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')
-OP_TOKEN=$("$K" create token llmesh-operator -n llmesh-system --duration 1h)
-cat >"$WORK/operator.kubeconfig" <<EOF
+
+# run_operator WHICH NAME NAMESPACE WEBHOOK HTTPS_PORT ADMIN_PORT: starts llmesh-operator with the
+# arguments and environment of the Deployment in $WORK/WHICH.json (listeners moved to loopback)
+# and its ServiceAccount's token; it must become ready, take the Lease and set the webhook's
+# caBundle, with no request refused by the chart's RBAC.
+run_operator() {
+  local which=$1 name=$2 ns=$3 webhook=$4 op_port=$5 admin_port=$6
+  local token kubeconfig=$WORK/$which-operator.kubeconfig log=$WORK/$which-operator.log
+  token=$("$K" create token "$name" -n "$ns" --duration 1h)
+  cat >"$kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters: [{name: t, cluster: {server: "$SERVER", certificate-authority: "$CA_FILE"}}]
-users: [{name: llmesh-operator, user: {token: "$OP_TOKEN"}}]
-contexts: [{name: t, context: {cluster: t, user: llmesh-operator, namespace: llmesh-system}}]
+users: [{name: $name, user: {token: "$token"}}]
+contexts: [{name: t, context: {cluster: t, user: $name, namespace: $ns}}]
 current-context: t
 EOF
-chmod 600 "$WORK/operator.kubeconfig"
-# The installed Deployment's arguments, with the listeners moved to loopback ports.
-mapfile -t args < <(python3 - "$WORK/default.json" "$OP_PORT" "$ADMIN_PORT" <<'PY'
+  chmod 600 "$kubeconfig"
+  local -a args
+  mapfile -t args < <(python3 - "$WORK/$which.json" "$op_port" "$admin_port" <<'PY'
 import json, sys
 items, op, admin = json.load(open(sys.argv[1]))["items"], sys.argv[2], sys.argv[3]
 c = next(o for o in items if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -191,20 +199,38 @@ for a in c["args"]:
     print(a)
 print("--tls-san=127.0.0.1")
 print(f"--operator-url=https://127.0.0.1:{op}")
+# The API server drops an empty value: a variable without valueFrom is "" then.
+env = {e["name"]: e.get("value", "") for e in c["env"] if "valueFrom" not in e}
+print("--secret-namespaces-env=" + env["LLMESH_SECRET_NAMESPACES"])
 PY
-)
-env=$(python3 -c 'import json,sys
-c = next(o for o in json.load(open(sys.argv[1]))["items"] if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-print(next(e.get("value", "") for e in c["env"] if e["name"] == "LLMESH_SECRET_NAMESPACES"))' "$WORK/default.json")
-KUBECONFIG="$WORK/operator.kubeconfig" POD_NAMESPACE=llmesh-system POD_NAME=llmesh-operator-chart-test \
-  LLMESH_SECRET_NAMESPACES="$env" "$TARGET/debug/llmesh-operator" "${args[@]}" >"$WORK/operator.log" 2>&1 &
-pids+=($!)
-wait_for 60 "the operator's /readyz (log: operator.log)" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
-has_ca_bundle() { [ -n "$("$K" get mutatingwebhookconfiguration llmesh-sidecar-injector -o jsonpath='{.webhooks[1].clientConfig.caBundle}')" ]; }
-wait_for 30 "the operator to set the webhook's caBundle (log: operator.log)" has_ca_bundle
-holder=$("$K" get lease llmesh-operator-leader -n llmesh-system -o jsonpath='{.spec.holderIdentity}')
-[[ "$holder" == llmesh-operator-chart-test ]] || fail "the leader Lease is held by '$holder'"
-if grep -qi 'forbidden' "$WORK/operator.log"; then
-  fail "the operator was refused something by the chart's RBAC: $(grep -i forbidden "$WORK/operator.log" | head -n 3)"
+  )
+  # The last line carries the Deployment's LLMESH_SECRET_NAMESPACES, passed as that variable.
+  [[ "${args[-1]:-}" == --secret-namespaces-env=* ]] || fail "$which: reading the Deployment's arguments failed"
+  local secret_namespaces=${args[-1]#--secret-namespaces-env=}
+  unset 'args[-1]'
+  KUBECONFIG="$kubeconfig" POD_NAMESPACE="$ns" POD_NAME="$name-chart-test" \
+    LLMESH_SECRET_NAMESPACES="$secret_namespaces" \
+    "$TARGET/debug/llmesh-operator" "${args[@]}" >"$log" 2>&1 &
+  pids+=($!)
+  wait_for 60 "the $which operator's /readyz (log: $(basename "$log"))" \
+    curl -sf "http://127.0.0.1:$admin_port/readyz"
+  has_ca_bundle() {
+    [ -n "$("$K" get mutatingwebhookconfiguration "$webhook" -o jsonpath='{.webhooks[1].clientConfig.caBundle}')" ]
+  }
+  wait_for 30 "the $which operator to set the caBundle of $webhook (log: $(basename "$log"))" has_ca_bundle
+  local holder
+  holder=$("$K" get lease "$name-leader" -n "$ns" -o jsonpath='{.spec.holderIdentity}')
+  [[ "$holder" == "$name-chart-test" ]] || fail "$which: the leader Lease is held by '$holder'"
+  if grep -qi 'forbidden' "$log"; then
+    fail "$which: the operator was refused something by the chart's RBAC: $(grep -i forbidden "$log" | head -n 3)"
+  fi
+  ok "llmesh-operator with the $which values' arguments and RBAC: ready, leader, webhook caBundle set"
+}
+
+run_operator default llmesh-operator llmesh-system llmesh-sidecar-injector "$OP_PORT" "$ADMIN_PORT"
+# secrets.namespaces needs an operator that has --secret-namespaces.
+if "$TARGET/debug/llmesh-operator" --help | grep -q -- '--secret-namespaces'; then
+  run_operator nondefault mesh-operator mesh-system mesh-injector $((OP_PORT + 1)) $((ADMIN_PORT + 1))
+else
+  echo "skipped: the operator run with the non-default values: this llmesh-operator has no --secret-namespaces yet"
 fi
-ok "llmesh-operator with the chart's arguments and RBAC: ready, leader, webhook caBundle set"

@@ -11,7 +11,8 @@
 #     Security profile (the API server's admission decides)
 #   - llmesh-operator started with the installed Deployment's arguments and the chart's RBAC
 #     (its ServiceAccount's token): it becomes ready, leads, and sets the webhook's caBundle
-# Uses the binaries tests/run-all.sh builds (builds them if absent).
+# Uses the binaries tests/run-all.sh builds (builds them if absent); the Prometheus Operator's
+# CRDs come from its Go module (go mod download, cached in Go's module cache). About 20 s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)

@@ -71,7 +71,10 @@ pub fn generated_files() -> Result<Vec<(String, String)>, serde_saphyr::Serializ
     let crds = crds();
     let mut out = Vec::new();
     for (file, crd) in &crds {
-        out.push((format!("crds/{file}"), render(crd)?));
+        let text = render(crd)?;
+        // The Helm chart ships the same CRDs: written from the same types, never copied by hand.
+        out.push((format!("charts/llmesh/crds/{file}"), text.clone()));
+        out.push((format!("crds/{file}"), text));
     }
     out.push((
         "docs/crd-reference.md".to_string(),

@@ -1,4 +1,5 @@
-//! `crdgen`: writes llmesh's CRDs to `crds/` and their reference to `docs/crd-reference.md`.
+//! `crdgen`: writes llmesh's CRDs to `crds/` and `charts/llmesh/crds/`, and their reference to
+//! `docs/crd-reference.md`.
 //! `crdgen --check` fails when a committed file differs from what the types generate.
 #![forbid(unsafe_code)]
 

@@ -93,8 +93,8 @@ struct Args {
     /// Sidecars ask for whole snapshots only (the protocol before deltas), for comparison.
     #[arg(long)]
     no_deltas: bool,
-    /// The simulated sidecars' longest backoff between failed polls (the sidecar's
-    /// `BACKOFF_MAX`; `--backoff-max 30s` is the cap before issue 23).
+    /// The simulated sidecars' longest backoff between failed polls. Default: the sidecar's
+    /// `BACKOFF_MAX` (`sidecar/src/operator_client.rs`); `30s` was the cap before issue 23.
     #[arg(long, default_value = "4s", value_parser = duration)]
     backoff_max: Duration,
     /// After the edits: stop the operator for this long, edit the route while it is down, start

@@ -33,9 +33,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// The sidecar's cap (`BACKOFF_MAX` in `sidecar/src/operator_client.rs`), the default of
-/// `--backoff-max`.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 /// A snapshot version and what is in it.
 #[derive(Debug)]

@@ -61,17 +61,23 @@ pub enum Decision {
     Skip(&'static str),
 }
 
-/// Decides from the pod's and its namespace's labels: a pod label `llmesh.io/inject=disabled`
-/// wins, then `enabled` on the pod or the namespace opts in.
-pub fn decide(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> Decision {
-    let has_sidecar = pod.spec.as_ref().is_some_and(|s| {
+/// Whether the pod's spec holds the llmesh sidecar (a container or init container named
+/// [`CONTAINER_NAME`]): what [`SIDECAR_LABEL`] claims, checked where the label alone would be
+/// trusted. Anyone creating a pod can set the label; the spec shows what runs.
+pub fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
         s.init_containers
             .iter()
             .flatten()
             .chain(&s.containers)
             .any(|c| c.name == CONTAINER_NAME)
-    });
-    if has_sidecar {
+    })
+}
+
+/// Decides from the pod's and its namespace's labels: a pod label `llmesh.io/inject=disabled`
+/// wins, then `enabled` on the pod or the namespace opts in.
+pub fn decide(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> Decision {
+    if has_sidecar(pod) {
         return Decision::AlreadyInjected;
     }
     let pod_label = pod

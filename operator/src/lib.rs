@@ -17,6 +17,7 @@ pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod outcome;
+pub mod podcheck;
 pub mod poll;
 pub mod run;
 pub mod secrets;

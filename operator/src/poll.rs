@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator};
 use crate::hub::{Hub, Refusal};
 use crate::metrics::Metrics;
+use crate::podcheck::{CheckError, PodCheck};
 
 /// What the poll handler needs.
 pub struct Poller {
@@ -26,6 +27,8 @@ pub struct Poller {
     pub hub: Arc<Hub>,
     /// Token verification.
     pub auth: Authenticator,
+    /// Whether the pod behind a token runs the sidecar.
+    pub pods: PodCheck,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Turns true when the operator shuts down.
@@ -58,12 +61,14 @@ impl Poller {
     pub fn new(
         hub: Arc<Hub>,
         auth: Authenticator,
+        pods: PodCheck,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             hub,
             auth,
+            pods,
             metrics,
             shutdown,
             hold: HOLD,
@@ -104,6 +109,14 @@ impl Poller {
                 return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(2));
             }
         };
+        // The label the pod watch selects on is the pod author's claim; its spec is proof.
+        match Box::pin(self.pods.check(&id)).await {
+            Ok(()) => {}
+            Err(CheckError::Refused(m)) => return json_error(StatusCode::FORBIDDEN, m, None),
+            Err(e @ CheckError::Unavailable(_)) => {
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(2));
+            }
+        }
         let mut shutdown = self.shutdown.clone();
         let deadline = tokio::time::Instant::now() + self.hold;
         let pod_deadline = tokio::time::Instant::now() + POD_GRACE;

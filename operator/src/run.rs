@@ -16,6 +16,7 @@ use crate::controller;
 use crate::hub::Hub;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::podcheck::PodCheck;
 use crate::poll::Poller;
 use crate::secrets::SecretCache;
 use crate::server::{self, Api};
@@ -38,7 +39,12 @@ pub async fn run(
     let mut tasks = JoinSet::new();
 
     let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, changed.clone(), &mut tasks);
+    let stores = Stores::start(
+        &client,
+        settings.secret_scope(),
+        changed.clone(),
+        &mut tasks,
+    );
     let hub = Hub::new(
         stores.clone(),
         SecretCache::new(client.clone()),
@@ -92,6 +98,7 @@ pub async fn run(
         poller: Poller::new(
             hub.clone(),
             Authenticator::new(client.clone(), metrics.clone()),
+            PodCheck::new(client.clone(), stores.pods.clone()),
             metrics.clone(),
             stop_rx.clone(),
         ),
@@ -117,6 +124,7 @@ pub async fn run(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
         sidecars_connect_to = %settings.operator_url(),
+        secret_namespaces = ?settings.secret_scope(),
         "llmesh-operator started"
     );
 

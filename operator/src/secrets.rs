@@ -162,8 +162,9 @@ impl SecretCache {
     }
 
     /// A [`SecretSource`] over the cache. `exists(ns, name)` says whether the metadata watch
-    /// knows the Secret, so a deleted Secret is missing even while its data is still cached.
-    pub fn source<'a>(&'a self, exists: &'a dyn Fn(&str, &str) -> bool) -> CachedSource<'a> {
+    /// knows the Secret, so a deleted Secret is missing even while its data is still cached,
+    /// or why the operator cannot know (a namespace outside `--secret-namespaces`).
+    pub fn source<'a>(&'a self, exists: &'a Exists<'a>) -> CachedSource<'a> {
         CachedSource {
             cache: self.fetched.lock(),
             exists,
@@ -195,15 +196,18 @@ fn not_found(ns: &str, name: &str) -> String {
     )
 }
 
+/// Whether Secret `(ns, name)` exists, or why the operator cannot know.
+pub type Exists<'a> = dyn Fn(&str, &str) -> Result<bool, String> + 'a;
+
 /// Reads keys from the cache, locked for one compile pass.
 pub struct CachedSource<'a> {
     cache: parking_lot::MutexGuard<'a, HashMap<SecretKey, Fetched>>,
-    exists: &'a dyn Fn(&str, &str) -> bool,
+    exists: &'a Exists<'a>,
 }
 
 impl SecretSource for CachedSource<'_> {
     fn get(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, String> {
-        if !(self.exists)(namespace, &r.name) {
+        if !(self.exists)(namespace, &r.name)? {
             return Err(not_found(namespace, &r.name));
         }
         match self.cache.get(&(namespace.to_string(), r.name.clone())) {

@@ -8,6 +8,7 @@ use clap::Parser;
 use llmesh_api::duration::parse_duration;
 
 use crate::inject::SidecarTemplate;
+use crate::stores::SecretScope;
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
@@ -119,6 +120,17 @@ pub struct Settings {
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Read Secrets only in these namespaces (comma-separated), one watch each, instead of in
+    /// every namespace. Routes elsewhere that reference a Secret are reported not resolved.
+    /// Pair it with a Role and RoleBinding per namespace (`deploy/rbac-namespaced.yaml`)
+    /// instead of the cluster-wide Secret rule of `deploy/rbac.yaml`. Empty: every namespace.
+    #[arg(
+        long = "secret-namespaces",
+        env = "LLMESH_SECRET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub secret_namespaces: Vec<String>,
+
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -157,6 +169,11 @@ impl Settings {
                 self.service, self.namespace, self.service_port
             )
         })
+    }
+
+    /// Where Secrets are read: every namespace, or the listed ones.
+    pub fn secret_scope(&self) -> SecretScope {
+        SecretScope::from_list(&self.secret_namespaces)
     }
 
     /// The sidecar the webhook injects (the CA is filled in per request).
@@ -199,5 +216,18 @@ mod tests {
         }
         assert_eq!(s.operator_url(), "https://llmesh-operator.mesh.svc:8443");
         assert_eq!(s.sidecar_template().operator_url, s.operator_url());
+        assert_eq!(s.secret_scope(), SecretScope::Cluster);
+    }
+
+    #[test]
+    fn secret_namespaces_narrow_the_scope() {
+        let s = Settings::parse_from(["llmesh-operator", "--secret-namespaces", "team-b,team-a,"]);
+        assert_eq!(
+            s.secret_scope(),
+            SecretScope::Namespaces(["team-a".to_string(), "team-b".to_string()].into())
+        );
+        assert!(s.secret_scope().covers("team-a"));
+        assert!(!s.secret_scope().covers("kube-system"));
+        assert!(SecretScope::Cluster.covers("kube-system"));
     }
 }

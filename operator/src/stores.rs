@@ -5,7 +5,11 @@
 //! before they are stored: `kubectl apply` leaves a Secret's data in its
 //! `last-applied-configuration` annotation, which must not sit in the operator's memory.
 //! Pods are filtered to those the webhook injected (`llmesh.io/sidecar=injected`).
+//!
+//! Secrets are watched in every namespace, or, with `--secret-namespaces`, with one watch per
+//! listed namespace, so the operator needs Secret permissions only there.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -20,6 +24,106 @@ use tokio::task::JoinSet;
 
 use crate::inject::{SIDECAR_LABEL, SIDECAR_LABEL_VALUE};
 
+/// Where the operator reads Secrets (`--secret-namespaces`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretScope {
+    /// Every namespace (the ClusterRole of `deploy/rbac.yaml`).
+    Cluster,
+    /// Only these namespaces (a Role in each, `deploy/rbac-namespaced.yaml`).
+    Namespaces(BTreeSet<String>),
+}
+
+impl SecretScope {
+    /// The scope a `--secret-namespaces` list asks for; an empty list means every namespace.
+    pub fn from_list(list: &[String]) -> Self {
+        let names: BTreeSet<String> = list
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            Self::Cluster
+        } else {
+            Self::Namespaces(names)
+        }
+    }
+
+    /// Whether Secrets in `ns` are read.
+    pub fn covers(&self, ns: &str) -> bool {
+        match self {
+            Self::Cluster => true,
+            Self::Namespaces(names) => names.contains(ns),
+        }
+    }
+
+    /// Why a route in `ns` cannot have the Secret it references (`ns` is outside the scope).
+    pub fn refusal(&self, ns: &str) -> String {
+        let listed = match self {
+            Self::Cluster => String::new(),
+            Self::Namespaces(names) => names.iter().cloned().collect::<Vec<_>>().join(","),
+        };
+        format!(
+            "the operator reads Secrets only in the namespaces {listed} (--secret-namespaces / LLMESH_SECRET_NAMESPACES), not in {ns}: ask the platform team to add {ns} to that list and to grant the operator get/list/watch on secrets there (a Role and RoleBinding as in deploy/rbac-namespaced.yaml)"
+        )
+    }
+}
+
+/// Metadata of Secrets (names and resourceVersions; no data, no annotations): one store for
+/// the cluster, or one per namespace in the scope.
+#[derive(Clone)]
+pub struct SecretStores {
+    scope: SecretScope,
+    stores: Arc<BTreeMap<String, Store<PartialObjectMeta<Secret>>>>,
+}
+
+/// The key of the one cluster-wide store in [`SecretStores`].
+const ALL: &str = "";
+
+impl SecretStores {
+    fn start(
+        client: &Client,
+        scope: SecretScope,
+        changed: &Arc<Notify>,
+        tasks: &mut JoinSet<()>,
+    ) -> Self {
+        let mut stores: BTreeMap<String, Store<PartialObjectMeta<Secret>>> = BTreeMap::new();
+        match &scope {
+            SecretScope::Cluster => {
+                let api = Api::all(client.clone());
+                stores.insert(
+                    ALL.to_string(),
+                    watch(api, watcher::Config::default(), changed, tasks),
+                );
+            }
+            SecretScope::Namespaces(names) => {
+                for ns in names {
+                    let api = Api::namespaced(client.clone(), ns);
+                    stores.insert(
+                        ns.clone(),
+                        watch(api, watcher::Config::default(), changed, tasks),
+                    );
+                }
+            }
+        }
+        Self {
+            scope,
+            stores: Arc::new(stores),
+        }
+    }
+
+    /// Where Secrets are read.
+    pub fn scope(&self) -> &SecretScope {
+        &self.scope
+    }
+
+    fn store_for(&self, ns: &str) -> Option<&Store<PartialObjectMeta<Secret>>> {
+        match self.scope {
+            SecretScope::Cluster => self.stores.get(ALL),
+            SecretScope::Namespaces(_) => self.stores.get(ns),
+        }
+    }
+}
+
 /// Read handles on the four watched kinds.
 #[derive(Clone)]
 pub struct Stores {
@@ -29,13 +133,19 @@ pub struct Stores {
     pub budgets: Store<LLMBudget>,
     /// Metadata of injected Pods.
     pub pods: Store<PartialObjectMeta<Pod>>,
-    /// Metadata of every Secret (names and resourceVersions; no data, no annotations).
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Metadata of the Secrets in the scope.
+    pub secrets: SecretStores,
 }
 
 impl Stores {
-    /// Starts the four watches on `tasks`; each event notifies `changed`.
-    pub fn start(client: &Client, changed: Arc<Notify>, tasks: &mut JoinSet<()>) -> Self {
+    /// Starts the watches on `tasks` (Secrets in `secret_scope`); each event notifies
+    /// `changed`.
+    pub fn start(
+        client: &Client,
+        secret_scope: SecretScope,
+        changed: Arc<Notify>,
+        tasks: &mut JoinSet<()>,
+    ) -> Self {
         let pods_config =
             watcher::Config::default().labels(&format!("{SIDECAR_LABEL}={SIDECAR_LABEL_VALUE}"));
         Self {
@@ -52,12 +162,7 @@ impl Stores {
                 tasks,
             ),
             pods: watch(Api::all(client.clone()), pods_config, &changed, tasks),
-            secrets: watch(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                &changed,
-                tasks,
-            ),
+            secrets: SecretStores::start(client, secret_scope, &changed, tasks),
         }
     }
 
@@ -66,14 +171,25 @@ impl Stores {
         let _ = self.routes.wait_until_ready().await;
         let _ = self.budgets.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
-        let _ = self.secrets.wait_until_ready().await;
+        for store in self.secrets.stores.values() {
+            let _ = store.wait_until_ready().await;
+        }
     }
 
-    /// The resourceVersion of Secret `ns/name`, if it exists.
+    /// The resourceVersion of Secret `ns/name`, if it exists and is in the scope.
     pub fn secret_version(&self, ns: &str, name: &str) -> Option<String> {
         self.secrets
+            .store_for(ns)?
             .get(&reflector::ObjectRef::new(name).within(ns))
             .map(|s| s.metadata.resource_version.clone().unwrap_or_default())
+    }
+
+    /// What the watch knows of Secret `ns/name`: whether it exists, or why it cannot know.
+    pub fn secret_seen(&self, ns: &str, name: &str) -> Result<bool, String> {
+        if !self.secrets.scope.covers(ns) {
+            return Err(self.secrets.scope.refusal(ns));
+        }
+        Ok(self.secret_version(ns, name).is_some())
     }
 }
 

@@ -10,7 +10,7 @@
 //! - Polls ask for deltas (`delta=1`): an edit of one route sends that route. A delta is applied
 //!   to the snapshot served, and kept only if the result has exactly the version the operator
 //!   announced; otherwise the next poll asks for the whole snapshot.
-//! - Failures back off exponentially (0.5 s to 30 s, jittered) and are logged when the state
+//! - Failures back off exponentially (0.5 s to 4 s, equal jitter) and are logged when the state
 //!   changes, not on every retry. The token file is re-read on every poll (the kubelet rotates
 //!   it). Neither the token nor any key is ever logged.
 
@@ -33,7 +33,12 @@ use crate::app::App;
 /// Largest snapshot accepted (a namespace with hundreds of routes stays far below).
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest wait between failed polls. It bounds how long a sidecar takes to notice that
+/// the operator is back: with 30 s, an edit made during a 30 s outage reached sidecars up to
+/// 21 s after the operator returned. With equal jitter the waits at the cap spread over
+/// [2 s, 4 s], so a fleet's reconnects still arrive over two seconds, not at once
+/// (`llmesh-cpbench --outage`; docs/benchmarks.md, "Reconnect after an operator outage").
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 /// Where the operator is and how to reach it.
 #[derive(Clone, Debug)]
@@ -407,6 +412,30 @@ mod tests {
         assert!(b.next() >= BACKOFF_MAX / 2);
         b.reset();
         assert!(b.next() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn after_a_long_outage_a_sidecar_retries_within_a_few_seconds_spread_by_jitter() {
+        // A minute of failed polls: every wait at the cap is at most 4 s, so the operator's
+        // return is noticed within 4 s, and the waits still differ, so a fleet spreads out.
+        let mut b = Backoff(BACKOFF_MIN);
+        let mut waited = Duration::ZERO;
+        let mut at_cap = Vec::new();
+        while waited < Duration::from_secs(60) {
+            let d = b.next();
+            waited += d;
+            if waited > Duration::from_secs(10) {
+                at_cap.push(d);
+            }
+        }
+        let longest = at_cap.iter().max().copied().unwrap_or_default();
+        let shortest = at_cap.iter().min().copied().unwrap_or_default();
+        assert!(longest <= Duration::from_secs(4), "waits up to {longest:?}");
+        assert!(
+            shortest >= Duration::from_secs(2),
+            "waits down to {shortest:?}"
+        );
+        assert!(longest > shortest, "no jitter: every wait {longest:?}");
     }
 
     #[test]

@@ -70,12 +70,23 @@ impl Operator {
     /// Starts `bin` as the operator's ServiceAccount (a TokenRequest token in a kubeconfig),
     /// logging to `log` at `level`, and waits for `/readyz`.
     pub async fn start(cp: &ControlPlane, bin: &Path, log: &Path, level: &str) -> Result<Self> {
+        Self::start_on(cp, bin, log, level, (free_port()?, free_port()?)).await
+    }
+
+    /// As [`Operator::start`], listening on `(port, admin_port)` (a restart where the sidecars
+    /// expect it).
+    pub async fn start_on(
+        cp: &ControlPlane,
+        bin: &Path,
+        log: &Path,
+        level: &str,
+        (port, admin_port): (u16, u16),
+    ) -> Result<Self> {
         let token = cp
             .service_account_token(SYSTEM_NS, OPERATOR_SA, &[], None)
             .await?;
         let kubeconfig = cp.dir().join("operator.kubeconfig");
         cp.write_kubeconfig(&kubeconfig, &token)?;
-        let (port, admin_port) = (free_port()?, free_port()?);
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let t0 = Instant::now();
@@ -95,7 +106,7 @@ impl Operator {
                 "127.0.0.1",
                 "--operator-url",
                 &format!("https://127.0.0.1:{port}"),
-                // No webhook: the pods are created with the injected label directly.
+                // No webhook: the pods are created as injected pods directly.
                 "--webhook-config",
                 "",
                 "--sidecar-image",
@@ -224,8 +235,9 @@ pub async fn service_account(client: &kube::Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates `n` pods (objects only: there is no kubelet) labelled as injected, `concurrency` at
-/// a time; returns `(name, uid)` in index order.
+/// Creates `n` pods (objects only: there is no kubelet) as the webhook would have injected them
+/// (the label, and the sidecar as a native sidecar, which the operator checks on a pod's first
+/// poll), `concurrency` at a time; returns `(name, uid)` in index order.
 pub async fn create_pods(
     client: &kube::Client,
     ns: &str,
@@ -244,6 +256,11 @@ pub async fn create_pods(
                 },
                 "spec": {
                     "serviceAccountName": POD_SA,
+                    "initContainers": [{
+                        "name": "llmesh-sidecar",
+                        "image": "registry.invalid/llmesh-sidecar:cpbench",
+                        "restartPolicy": "Always",
+                    }],
                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
                 },
             }))?;

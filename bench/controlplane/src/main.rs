@@ -93,6 +93,14 @@ struct Args {
     /// Sidecars ask for whole snapshots only (the protocol before deltas), for comparison.
     #[arg(long)]
     no_deltas: bool,
+    /// The simulated sidecars' longest backoff between failed polls. Default: the sidecar's
+    /// `BACKOFF_MAX` (`sidecar/src/operator_client.rs`); `30s` was the cap before issue 23.
+    #[arg(long, default_value = "4s", value_parser = duration)]
+    backoff_max: Duration,
+    /// After the edits: stop the operator for this long, edit the route while it is down, start
+    /// it again on the same port, and time until every sidecar serves the edit (0s skips it).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    outage: Duration,
 }
 
 #[tokio::main]
@@ -173,7 +181,7 @@ async fn bench(
         .clone()
         .unwrap_or_else(|| cp.dir().join("operator.log"));
     let mut op = Operator::start(cp, operator_bin, &log, &args.operator_log_level).await?;
-    let outcome = measure(cp, &client, args, &mut op).await;
+    let outcome = measure(cp, &client, args, &mut op, operator_bin, &log).await;
     let alive = op.running();
     op.stop().await;
     match outcome {
@@ -200,6 +208,8 @@ async fn measure(
     client: &kube::Client,
     args: &Args,
     op: &mut Operator,
+    operator_bin: &std::path::Path,
+    log: &std::path::Path,
 ) -> Result<serde_json::Value> {
     let n = args.sidecars;
     let apiserver_port = cp
@@ -207,7 +217,7 @@ async fn measure(
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or(0);
-    let procs = Procs::find(op.pid, op.port, apiserver_port);
+    let mut procs = Procs::find(op.pid, op.port, apiserver_port);
     let ns = cp.create_namespace("cpbench").await?;
     let routes: Api<LLMRoute> = Api::namespaced(client.clone(), &ns);
     cluster::service_account(client, &ns).await?;
@@ -248,7 +258,7 @@ async fn measure(
     )?;
     let meter = Meter::start("connect", &procs, op).await;
     let t = Instant::now();
-    let (fleet, rx) = Fleet::start(&target, tokens, !args.no_deltas);
+    let (fleet, rx) = Fleet::start(&target, tokens, !args.no_deltas, args.backoff_max);
     let mut tracker = Tracker::new(n, rx);
     tracker.expect_routes(1);
     let all_connected = tracker.wait_all(t + args.timeout).await;
@@ -284,6 +294,25 @@ async fn measure(
     let meter = Meter::start("edits", &procs, op).await;
     let edits = change_phase(&mut tracker, &routes, args, 0, args.changes).await?;
     phases.push(meter.finish(&procs, op, tracker.take_phase()).await);
+
+    // --- operator outage -------------------------------------------------------------------
+    let mut outage = json!(null);
+    let mut next_edit = args.changes;
+    if args.outage > Duration::ZERO {
+        outage = outage_phase(
+            cp,
+            &mut tracker,
+            &routes,
+            args,
+            next_edit,
+            (op, operator_bin, log),
+            &mut phases,
+            &mut procs,
+            apiserver_port,
+        )
+        .await?;
+        next_edit += 1;
+    }
 
     // --- R routes ---------------------------------------------------------------------------
     let mut scale = json!(null);
@@ -347,7 +376,7 @@ async fn measure(
                 &mut tracker,
                 &routes,
                 args,
-                args.changes,
+                next_edit,
                 args.changes_at_scale,
             )
             .await?;
@@ -480,6 +509,8 @@ async fn measure(
             "idle_s": args.idle.as_secs_f64(),
             "api_concurrency": args.api_concurrency,
             "background_polls_per_s": args.background_polls,
+            "backoff_max_s": args.backoff_max.as_secs_f64(),
+            "outage_s": args.outage.as_secs_f64(),
         },
         "setup": {
             "operator_ready_s": round3(op.startup.as_secs_f64()),
@@ -492,10 +523,86 @@ async fn measure(
             "snapshot_bytes": first_snapshot_bytes,
         },
         "edits": edits_json,
+        "outage": outage,
         "scale": scale,
         "edits_at_scale": scale_edits_json,
         "phases": phases,
         "target": target,
+    }))
+}
+
+/// The reconnect storm: SIGTERM the operator (held polls get `503`, `retry-after: 1`), edit
+/// the route while it is down (`edit`), start it again on the same ports after `--outage`,
+/// and time from `/readyz` answering to every sidecar serving the edit. The sidecars' failed
+/// attempts are counted during the outage (their backoff) and after the restart (errors seen
+/// on the way back).
+#[allow(clippy::too_many_arguments)]
+async fn outage_phase(
+    cp: &ControlPlane,
+    tracker: &mut Tracker,
+    routes: &Api<LLMRoute>,
+    args: &Args,
+    edit: usize,
+    (op, operator_bin, log): (&mut Operator, &std::path::Path, &std::path::Path),
+    phases: &mut Vec<Phase>,
+    procs: &mut Procs,
+    apiserver_port: u16,
+) -> Result<serde_json::Value> {
+    let n = tracker.len();
+    tracker.pump_for(args.pause).await;
+    tracker.take_window();
+    op.stop().await;
+    let down = Instant::now();
+    tracker.expect_change();
+    cluster::apply_edited_route(routes, Some(edit)).await?;
+    let remaining = args.outage.saturating_sub(down.elapsed());
+    tracker.pump_for(remaining).await;
+    let during = tracker.take_window();
+    let restarted_log = log.with_extension("after-outage.log");
+    let spawned = Instant::now();
+    *op = Operator::start_on(
+        cp,
+        operator_bin,
+        &restarted_log,
+        &args.operator_log_level,
+        (op.port, op.admin_port),
+    )
+    .await?;
+    let ready = Instant::now();
+    let down_for = spawned - down;
+    *procs = Procs::find(op.pid, op.port, apiserver_port);
+    let meter = Meter::start("reconnect", procs, op).await;
+    let complete = tracker.wait_all(ready + args.timeout).await;
+    let from_ready = arrivals(tracker, ready);
+    let from_spawn = arrivals(tracker, spawned);
+    tracker.pump_for(args.pause).await;
+    let after = tracker.take_window();
+    phases.push(meter.finish(procs, op, tracker.take_phase()).await);
+    let failures = |p: &sidecars::Pushes| p.failures.values().sum::<u64>();
+    println!(
+        "outage: operator down {:.1?} (route edited meanwhile), ready {:.2?} after its start; {} {}/{n} sidecars serving the edit {:.0} ms after ready (p50 {:.0}, p90 {:.0}, p99 {:.0}); backoff max {:?}; failed polls: {} during the outage, {} after the restart {:?}",
+        down_for,
+        op.startup,
+        if complete { "all" } else { "ONLY" },
+        tracker.reached_count(),
+        from_ready.max,
+        from_ready.p50,
+        from_ready.p90,
+        from_ready.p99,
+        args.backoff_max,
+        failures(&during),
+        failures(&after),
+        after.failures,
+    );
+    Ok(json!({
+        "down_s": round3(down_for.as_secs_f64()),
+        "operator_ready_s": round3(op.startup.as_secs_f64()),
+        "all_serving": complete,
+        "reached": tracker.reached_count(),
+        "per_sidecar_from_ready_ms": from_ready,
+        "per_sidecar_from_start_ms": from_spawn,
+        "during_outage": during,
+        "after_restart": after,
     }))
 }
 

@@ -1,7 +1,8 @@
 //! Simulated sidecars: one task per pod running the real sidecar's poll loop
 //! (`sidecar/src/operator_client.rs`) over its own HTTPS connection: `GET /v1/snapshot?version=V`
 //! with the pod's bearer token, apply each `200` at once and poll again, poll again after a
-//! `304`, back off (0.5 s doubling to 30 s, jittered) on errors, honour `retry-after` on `503`.
+//! `304`, back off (0.5 s doubling to `--backoff-max`, equal jitter) on errors, honour
+//! `retry-after` on `503`.
 //!
 //! Like the sidecar, each asks for deltas (`delta=1`) unless the fleet is started without
 //! them (`--no-deltas`, the protocol before deltas).
@@ -32,7 +33,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A snapshot version and what is in it.
 #[derive(Debug)]
@@ -167,12 +167,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts one sidecar per token, asking for deltas when `deltas`; their reports go to the
-    /// returned channel.
+    /// Starts one sidecar per token, asking for deltas when `deltas` and backing off up to
+    /// `backoff_max`; their reports go to the returned channel.
     pub fn start(
         target: &Target,
         tokens: Vec<String>,
         deltas: bool,
+        backoff_max: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let catalog = Arc::new(Catalog::default());
@@ -185,6 +186,7 @@ impl Fleet {
                 tx.clone(),
                 catalog.clone(),
                 deltas,
+                backoff_max,
             ));
         }
         (Self { tasks }, rx)
@@ -197,12 +199,22 @@ impl Fleet {
     }
 }
 
-struct Backoff(Duration);
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
 
 impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            next: BACKOFF_MIN.min(max),
+            max,
+        }
+    }
+
     fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
         let half = d / 2;
         half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
     }
@@ -234,6 +246,7 @@ async fn sidecar(
     tx: mpsc::UnboundedSender<Event>,
     catalog: Arc<Catalog>,
     deltas: bool,
+    backoff_max: Duration,
 ) {
     let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
         let _ = tx.send(Event {
@@ -248,7 +261,7 @@ async fn sidecar(
     let host = HeaderValue::from_str(&target.addr.to_string()).expect("an address is a header");
     let mut serving: Option<Arc<Version>> = None;
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
-    let mut backoff = Backoff(BACKOFF_MIN);
+    let mut backoff = Backoff::new(backoff_max);
     let report = |answer: Answer| {
         let _ = tx.send(Event {
             idx,
@@ -265,11 +278,11 @@ async fn sidecar(
         let wait = match (&answer, wait) {
             (Answer::Snapshot { version: v, .. }, _) => {
                 serving = Some(v.clone());
-                backoff = Backoff(BACKOFF_MIN);
+                backoff = Backoff::new(backoff_max);
                 None
             }
             (Answer::NotModified, _) => {
-                backoff = Backoff(BACKOFF_MIN);
+                backoff = Backoff::new(backoff_max);
                 None
             }
             (Answer::Failed(_), Some(d)) => Some(d),

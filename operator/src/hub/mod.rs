@@ -313,7 +313,7 @@ impl Hub {
             .filter(|p| p.metadata.uid.as_deref() == Some(id.uid.as_str()))
             .ok_or_else(|| {
                 Refusal::UnknownPod(format!(
-                    "Pod {}/{} (uid {}) is not among the pods the operator serves: it needs the label llmesh.io/sidecar=injected, which the injection webhook sets",
+                    "Pod {}/{} (uid {}) is not among the pods the operator serves: only pods the injection webhook injected are (label the pod or its namespace llmesh.io/inject=enabled and recreate the pod)",
                     id.namespace, id.pod, id.uid
                 ))
             })?;
@@ -391,7 +391,7 @@ impl Hub {
         self.metrics.secret_reads.inc_by(reads as u64);
         self.metrics.secrets_held.set(self.secrets.len() as i64);
 
-        let exists = |ns: &str, name: &str| self.stores.secret_version(ns, name).is_some();
+        let exists = |ns: &str, name: &str| self.stores.secret_seen(ns, name);
         let mut changed_routes: BTreeSet<Key> = BTreeSet::new();
         let mut changed_budgets: BTreeSet<Key> = BTreeSet::new();
         let mut st = self.state.lock();

@@ -154,12 +154,18 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator as its ServiceAccount in `deploy/rbac.yaml`.
     pub async fn start(env: &Env) -> Result<Self> {
+        Self::start_as(env, OPERATOR_SA, &[]).await
+    }
+
+    /// The operator as ServiceAccount `SYSTEM_NS/sa`, with more flags.
+    pub async fn start_as(env: &Env, sa: &str, extra_args: &[&str]) -> Result<Self> {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = env
             .cp
-            .service_account_token(SYSTEM_NS, OPERATOR_SA, &[], None)
+            .service_account_token(SYSTEM_NS, sa, &[], None)
             .await?;
         let kubeconfig = env.dir.join(format!("operator-{n}.kubeconfig"));
         env.cp.write_kubeconfig(&kubeconfig, &token)?;
@@ -185,6 +191,7 @@ impl Operator {
                 "--sidecar-image",
                 "registry.invalid/llmesh-sidecar:e2e",
             ])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -11,3 +11,5 @@ mod outage;
 mod push;
 mod rbac;
 mod routes;
+mod secret_scope;
+mod security;

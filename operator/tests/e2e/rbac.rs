@@ -7,8 +7,14 @@ use anyhow::Result;
 use crate::harness::{OPERATOR_SA, SYSTEM_NS, env};
 
 async fn can_i(verb: &str, resource: &str, ns: Option<&str>) -> Result<bool> {
+    can_i_as(OPERATOR_SA, verb, resource, ns).await
+}
+
+/// `kubectl auth can-i` for ServiceAccount `SYSTEM_NS/sa`; `resource#sub` asks about a
+/// subresource, `ns` None about all namespaces.
+pub async fn can_i_as(sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> Result<bool> {
     let env = env().await;
-    let who = format!("--as=system:serviceaccount:{SYSTEM_NS}:{OPERATOR_SA}");
+    let who = format!("--as=system:serviceaccount:{SYSTEM_NS}:{sa}");
     // `resource#sub` asks about a subresource (`resource/name` names an object).
     let (resource, sub) = match resource.split_once('#') {
         Some((r, s)) => (r, Some(format!("--subresource={s}"))),

@@ -51,8 +51,12 @@ use process::{Proc, Watchdog};
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc";
 /// The audience llmesh's sidecars and operator validate tokens for.
 pub const LLMESH_AUDIENCE: &str = "llmesh";
-/// The API audiences the apiserver accepts (`--api-audiences`).
-pub const API_AUDIENCES: [&str; 2] = [SERVICE_ACCOUNT_ISSUER, LLMESH_AUDIENCE];
+/// The API audiences the apiserver accepts (`--api-audiences`): the issuer only, as in a real
+/// cluster. `llmesh` must not be among them: then every sidecar's token would also be a
+/// credential for the Kubernetes API, and a pod's ordinary token (which carries the API
+/// audiences) would be accepted by the operator. The operator's TokenReview names its audience
+/// in `spec.audiences`, which needs no flag.
+pub const API_AUDIENCES: [&str; 1] = [SERVICE_ACCOUNT_ISSUER];
 /// The admin user in the token-auth file (member of `system:masters`).
 pub const ADMIN_USER: &str = "admin";
 

@@ -311,6 +311,64 @@ async fn token_request_bound_to_a_pod_is_reviewed_with_the_pod_name() -> Result<
     Ok(())
 }
 
+/// `POST selfsubjectreviews` with `token`: the HTTP status the API server answers.
+async fn self_subject_review(cp: &ControlPlane, token: &str) -> Result<u16> {
+    let client = cp.client_with_token(token)?;
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body)?)?;
+    match client.request_text(req).await {
+        Ok(_) => Ok(201),
+        Err(e) => api_error_code(&e).with_context(|| format!("SelfSubjectReview: {e}")),
+    }
+}
+
+/// Audience separation (llmesh issue 23, item 10): `llmesh` is not an API audience, so a
+/// sidecar's token is no credential for the Kubernetes API, and a pod's ordinary token is not
+/// one for llmesh.
+#[tokio::test]
+async fn a_sidecar_token_is_no_credential_for_the_api_server() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = cp.create_namespace("audiences").await?;
+    let client = cp.client()?;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: meta("sidecar"),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let created = Api::<Pod>::namespaced(client, &ns)
+        .create(&PostParams::default(), &pod("app", "sidecar"))
+        .await?;
+    let uid = created.metadata.uid.context("pod has no uid")?;
+
+    let sidecar = cp
+        .token_for_pod(&ns, "sidecar", "app", &uid, LLMESH_AUDIENCE)
+        .await?;
+    assert_eq!(
+        self_subject_review(cp, &sidecar).await?,
+        401,
+        "the API server accepts a token for audience llmesh: `--api-audiences` must not list it"
+    );
+
+    // The pod's ordinary token (default audiences) is a credential for the API server, but
+    // not for llmesh.
+    let ordinary = cp
+        .service_account_token(&ns, "sidecar", &[], Some(("app", &uid)))
+        .await?;
+    assert_eq!(self_subject_review(cp, &ordinary).await?, 201);
+    let review = token_review(cp, &ordinary, &[LLMESH_AUDIENCE])
+        .await?
+        .status
+        .context("TokenReview has no status")?;
+    assert_ne!(review.authenticated, Some(true), "{review:?}");
+    Ok(())
+}
+
 /// A tiny HTTPS admission webhook: adds the label `testenv.llmesh.dev/mutated=true`.
 async fn start_webhook(cert: &llmesh_testenv::IssuedCert, calls: Arc<AtomicUsize>) -> Result<u16> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,14 +1,19 @@
 //! Sidecar injection as a pure function: a Pod (and its namespace's labels) in, the Pod with
-//! the llmesh sidecar added out. The webhook turns the difference into a JSON patch.
+//! the llmesh sidecar added out. The webhook turns the difference into a JSON patch. The pod's
+//! `llmesh.io/sidecar-*` annotations adjust the sidecar ([`annotations`]).
+
+pub mod annotations;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The label (on a namespace or a pod) that opts in (`enabled`) or out (`disabled`, pod only).
 pub const INJECT_LABEL: &str = "llmesh.io/inject";
@@ -26,6 +31,15 @@ const TOKEN_VOLUME: &str = "llmesh-token";
 const CACHE_VOLUME: &str = "llmesh-cache";
 /// Lifetime the kubelet gives the projected token (it rotates it at 80%).
 pub const TOKEN_SECONDS: i64 = 3600;
+/// Name of the sidecar's admin containerPort (`/metrics`, `/healthz`, `/readyz` on the pod IP),
+/// what probes and a PodMonitor refer to.
+pub const ADMIN_PORT_NAME: &str = "llmesh-admin";
+/// The value of `OPENAI_API_KEY` and `ANTHROPIC_API_KEY` set on app containers that have none:
+/// the clients insist on a key, and the sidecar holds the real one.
+pub const PLACEHOLDER_KEY: &str = "llmesh-placeholder";
+/// The oldest Kubernetes minor version (1.x) with native sidecars on by default (the
+/// `SidecarContainers` feature: beta in 1.29, GA in 1.33).
+pub const MIN_KUBERNETES_MINOR: u32 = 29;
 
 /// What the injected sidecar looks like.
 #[derive(Clone, Debug)]
@@ -40,12 +54,22 @@ pub struct SidecarTemplate {
     pub ca_pem: String,
     /// Port the sidecar listens on, on loopback.
     pub port: u16,
+    /// Port of the admin listener on the pod IP (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     /// CPU request (`50m`).
     pub cpu_request: String,
+    /// CPU limit; `None`: none (throttling adds latency to every request).
+    pub cpu_limit: Option<String>,
     /// Memory request (`32Mi`).
     pub memory_request: String,
     /// Memory limit (`128Mi`).
     pub memory_limit: String,
+    /// The sidecar's `--max-in-flight` (0: no limit).
+    pub max_in_flight: usize,
+    /// The sidecar's `--log-format`: `text` or `json`.
+    pub log_format: String,
+    /// The sidecar's log level (`LLMESH_LOG`); `None`: its default, `info`.
+    pub log_level: Option<String>,
     /// Numeric user and group to run as (the image's non-root user).
     pub run_as: i64,
 }
@@ -96,9 +120,28 @@ pub fn decide(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> Decisio
     }
 }
 
+/// Whether a cluster running Kubernetes `major.minor` (as `/version` reports them: GKE and EKS
+/// write `29+`) has native sidecars; if not, the refusal to show.
+pub fn native_sidecars(major: &str, minor: &str) -> Result<(), String> {
+    let digits = |s: &str| -> Option<u32> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    match (digits(major), digits(minor)) {
+        (Some(1), Some(m)) if m < MIN_KUBERNETES_MINOR => Err(format!(
+            "llmesh: this cluster runs Kubernetes {major}.{minor}; the llmesh sidecar is a native sidecar \
+             (an init container with restartPolicy: Always), which needs Kubernetes 1.{MIN_KUBERNETES_MINOR} or newer. \
+             Upgrade the cluster, or take the llmesh.io/inject=enabled label off this pod and its namespace"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The pod with the sidecar added: a native sidecar (an init container with
-/// `restartPolicy: Always`, first so it starts before everything else), its token and cache
-/// volumes, the injected label, and base-URL variables on app containers that lack them.
+/// `restartPolicy: Always`, first so it starts before everything else, whose startupProbe makes
+/// the kubelet hold the app containers until it serves a config), its token and cache volumes,
+/// the injected label, and, on app containers that lack them, base-URL variables and
+/// placeholder API keys.
 pub fn inject(pod: &Pod, t: &SidecarTemplate) -> Pod {
     let mut pod = pod.clone();
     pod.metadata
@@ -136,11 +179,11 @@ pub fn inject(pod: &Pod, t: &SidecarTemplate) -> Pod {
     });
     let base = format!("http://127.0.0.1:{}", t.port);
     for c in &mut spec.containers {
+        // A variable from envFrom may be a real key the webhook cannot see: an env entry would
+        // override it, so such containers get no placeholder.
+        let keys_possible = c.env_from.as_ref().is_some_and(|f| !f.is_empty());
         let env = c.env.get_or_insert_with(Vec::new);
-        for (name, value) in [
-            ("OPENAI_BASE_URL", format!("{base}/v1")),
-            ("ANTHROPIC_BASE_URL", base.clone()),
-        ] {
+        let mut add = |name: &str, value: String| {
             if !env.iter().any(|e| e.name == name) {
                 env.push(EnvVar {
                     name: name.into(),
@@ -148,9 +191,30 @@ pub fn inject(pod: &Pod, t: &SidecarTemplate) -> Pod {
                     ..Default::default()
                 });
             }
+        };
+        add("OPENAI_BASE_URL", format!("{base}/v1"));
+        add("ANTHROPIC_BASE_URL", base.clone());
+        if !keys_possible {
+            add("OPENAI_API_KEY", PLACEHOLDER_KEY.into());
+            add("ANTHROPIC_API_KEY", PLACEHOLDER_KEY.into());
         }
     }
     pod
+}
+
+/// An HTTP GET of `path` on the admin port.
+fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(ADMIN_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(3),
+        ..Default::default()
+    }
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -169,6 +233,27 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 
 fn container(t: &SidecarTemplate) -> Container {
     let q = |s: &str| Quantity(s.to_string());
+    let mut limits: BTreeMap<String, Quantity> =
+        [("memory".to_string(), q(&t.memory_limit))].into();
+    if let Some(cpu) = &t.cpu_limit {
+        limits.insert("cpu".into(), q(cpu));
+    }
+    let mut env = vec![
+        EnvVar {
+            name: "LLMESH_OPERATOR_CA_PEM".into(),
+            value: Some(t.ca_pem.clone()),
+            ..Default::default()
+        },
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(level) = &t.log_level {
+        env.push(EnvVar {
+            name: "LLMESH_LOG".into(),
+            value: Some(annotations::log_filter(level)),
+            ..Default::default()
+        });
+    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(t.image.clone()),
@@ -183,16 +268,25 @@ fn container(t: &SidecarTemplate) -> Container {
             format!("{CACHE_DIR}/snapshot.json"),
             "--listen".into(),
             format!("127.0.0.1:{}", t.port),
+            "--admin-listen".into(),
+            format!("0.0.0.0:{}", t.admin_port),
+            "--max-in-flight".into(),
+            t.max_in_flight.to_string(),
+            "--log-format".into(),
+            t.log_format.clone(),
         ]),
-        env: Some(vec![
-            EnvVar {
-                name: "LLMESH_OPERATOR_CA_PEM".into(),
-                value: Some(t.ca_pem.clone()),
-                ..Default::default()
-            },
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: i32::from(t.admin_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // The kubelet starts the app containers only once a restartable init container's
+        // startupProbe passes: here, once the sidecar serves a config. Up to 10 minutes, as
+        // Istio allows its proxy, then the kubelet restarts it.
+        startup_probe: Some(admin_probe("/readyz", 1, 600)),
+        readiness_probe: Some(admin_probe("/readyz", 5, 3)),
         resources: Some(ResourceRequirements {
             requests: Some(
                 [
@@ -201,7 +295,7 @@ fn container(t: &SidecarTemplate) -> Container {
                 ]
                 .into(),
             ),
-            limits: Some([("memory".to_string(), q(&t.memory_limit))].into()),
+            limits: Some(limits),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {

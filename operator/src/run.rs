@@ -107,6 +107,7 @@ pub async fn run(
             template: settings.sidecar_template(),
             tls: tls.clone(),
             metrics: metrics.clone(),
+            cluster: Default::default(),
         },
     });
     let mut tls_config = rustls::ServerConfig::builder()

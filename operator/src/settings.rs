@@ -14,6 +14,17 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+/// A Kubernetes resource quantity, checked here so a bad one stops the operator at start
+/// instead of failing every injected pod.
+fn quantity(s: &str) -> Result<String, String> {
+    match crate::inject::annotations::quantity(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "`{s}` is not a Kubernetes quantity (e.g. 50m or 0.5 for CPU, 128Mi for memory)"
+        )),
+    }
+}
+
 /// The llmesh operator: reconciles LLMRoute and LLMBudget, pushes config to sidecars over
 /// HTTPS long-polls, and injects sidecars into pods that opt in.
 #[derive(Parser, Debug, Clone)]
@@ -97,20 +108,38 @@ pub struct Settings {
     pub sidecar_pull_policy: Option<String>,
 
     /// Loopback port the injected sidecar listens on (OPENAI_BASE_URL points here).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, env = "LLMESH_SIDECAR_PORT", default_value_t = 4000)]
     pub sidecar_port: u16,
 
+    /// Port of the injected sidecar's admin listener on the pod IP (/metrics, /healthz,
+    /// /readyz; the containerPort named llmesh-admin, which its probes use).
+    #[arg(long, env = "LLMESH_SIDECAR_ADMIN_PORT", default_value_t = 4001)]
+    pub sidecar_admin_port: u16,
+
     /// CPU request of the injected sidecar.
-    #[arg(long, default_value = "50m")]
+    #[arg(long, env = "LLMESH_SIDECAR_CPU_REQUEST", default_value = "50m", value_parser = quantity)]
     pub sidecar_cpu_request: String,
 
+    /// CPU limit of the injected sidecar (unset: none; throttling adds latency).
+    #[arg(long, env = "LLMESH_SIDECAR_CPU_LIMIT", value_parser = quantity)]
+    pub sidecar_cpu_limit: Option<String>,
+
     /// Memory request of the injected sidecar.
-    #[arg(long, default_value = "32Mi")]
+    #[arg(long, env = "LLMESH_SIDECAR_MEMORY_REQUEST", default_value = "32Mi", value_parser = quantity)]
     pub sidecar_memory_request: String,
 
     /// Memory limit of the injected sidecar.
-    #[arg(long, default_value = "128Mi")]
+    #[arg(long, env = "LLMESH_SIDECAR_MEMORY_LIMIT", default_value = "128Mi", value_parser = quantity)]
     pub sidecar_memory_limit: String,
+
+    /// Generation requests in flight at once in each injected sidecar (its --max-in-flight;
+    /// 0: no limit).
+    #[arg(long, env = "LLMESH_SIDECAR_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub sidecar_max_in_flight: usize,
+
+    /// Log format of the injected sidecars.
+    #[arg(long, env = "LLMESH_SIDECAR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub sidecar_log_format: String,
 
     /// User and group id the sidecar runs as (the image's non-root user).
     #[arg(long, default_value_t = 65532)]
@@ -184,9 +213,14 @@ impl Settings {
             operator_url: self.operator_url(),
             ca_pem: String::new(),
             port: self.sidecar_port,
+            admin_port: self.sidecar_admin_port,
             cpu_request: self.sidecar_cpu_request.clone(),
+            cpu_limit: self.sidecar_cpu_limit.clone(),
             memory_request: self.sidecar_memory_request.clone(),
             memory_limit: self.sidecar_memory_limit.clone(),
+            max_in_flight: self.sidecar_max_in_flight,
+            log_format: self.sidecar_log_format.clone(),
+            log_level: None,
             run_as: self.sidecar_run_as,
         }
     }
@@ -217,6 +251,32 @@ mod tests {
         assert_eq!(s.operator_url(), "https://llmesh-operator.mesh.svc:8443");
         assert_eq!(s.sidecar_template().operator_url, s.operator_url());
         assert_eq!(s.secret_scope(), SecretScope::Cluster);
+    }
+
+    #[test]
+    fn sidecar_defaults_come_from_flags_and_bad_quantities_stop_the_start() {
+        let s = Settings::parse_from(["llmesh-operator"]);
+        let t = s.sidecar_template();
+        assert_eq!((t.admin_port, t.max_in_flight), (4001, 1024));
+        assert_eq!((t.cpu_limit, t.log_format.as_str()), (None, "text"));
+        let s = Settings::parse_from([
+            "llmesh-operator",
+            "--sidecar-admin-port=9100",
+            "--sidecar-cpu-limit=500m",
+            "--sidecar-max-in-flight=64",
+            "--sidecar-log-format=json",
+        ]);
+        let t = s.sidecar_template();
+        assert_eq!((t.admin_port, t.max_in_flight), (9100, 64));
+        assert_eq!(t.cpu_limit.as_deref(), Some("500m"));
+        assert_eq!(t.log_format, "json");
+        let err = Settings::try_parse_from(["llmesh-operator", "--sidecar-cpu-limit=lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--sidecar-cpu-limit") && err.contains("not a Kubernetes quantity"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `POST /mutate-pods`: the mutating admission webhook. Decides with [`crate::inject::decide`]
 //! (pod label, else namespace label), builds the injected pod with [`crate::inject::inject`],
-//! and answers with the JSON patch between the two. Always allows the pod: injection is a
-//! convenience, and a bad request is refused by the API server's own validation.
+//! and answers with the JSON patch between the two. A pod that opted in is refused, with a
+//! message saying why, only when its `llmesh.io/sidecar-*` annotations are bad or the cluster
+//! is too old for native sidecars; every other pod is allowed, and a malformed one is refused by
+//! the API server's own validation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ pub struct Injector {
     pub tls: Arc<TlsManager>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Why this cluster cannot run the injected sidecar (`None`: it can), learnt from the API
+    /// server's `/version` on the first injection.
+    pub cluster: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Injector {
@@ -82,7 +87,18 @@ impl Injector {
                 allow
             }
             Decision::Inject => {
-                let mut template = self.template.clone();
+                let checked = match self.cluster_refusal().await {
+                    Some(why) => Err(why),
+                    None => inject::annotations::apply(&pod, &self.template),
+                };
+                let mut template = match checked {
+                    Ok(t) => t,
+                    Err(why) => {
+                        self.count("refused");
+                        tracing::info!(namespace = %ns, pod = %pod_name(&pod), reason = %why, "refused a pod that opted in");
+                        return allow.deny(why);
+                    }
+                };
                 template.ca_pem = self.tls.ca_pem();
                 let injected = inject::inject(&pod, &template);
                 // Diff typed against typed, so fields this build does not know are untouched.
@@ -105,6 +121,25 @@ impl Injector {
                         allow
                     }
                 }
+            }
+        }
+    }
+
+    /// Why the cluster cannot run native sidecars, if it cannot. When `/version` cannot be read
+    /// the pod is injected, and the question asked again next time.
+    async fn cluster_refusal(&self) -> Option<String> {
+        let known = self
+            .cluster
+            .get_or_try_init(|| async {
+                let v = self.client.apiserver_version().await?;
+                Ok::<_, kube::Error>(inject::native_sidecars(&v.major, &v.minor).err())
+            })
+            .await;
+        match known {
+            Ok(refusal) => refusal.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster's version; injecting as if it has native sidecars");
+                None
             }
         }
     }

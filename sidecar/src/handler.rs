@@ -73,28 +73,8 @@ where
         _ => path,
     };
     let method = req.method().clone();
-    match (&method, p) {
-        (&Method::GET, "/healthz") => return full(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => {
-            return if app.is_ready() {
-                full(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                full(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: no config loaded yet\n",
-                )
-            };
-        }
-        (&Method::GET, "/metrics") => {
-            app.refresh_gauges();
-            return full(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                app.metrics.render(),
-            );
-        }
-        _ => {}
+    if let Some(r) = admin_endpoint(&app, &method, p) {
+        return r;
     }
     // Anthropic clients get Anthropic-shaped errors, also for refusals before dispatch.
     let format = if p.starts_with("/messages") {
@@ -154,6 +134,46 @@ where
             ErrorFormat::OpenAi,
         ),
     }
+}
+
+/// Answers one request on the admin listener (`--admin-listen`): `GET /metrics`, `/healthz` and
+/// `/readyz`, nothing else. It is reachable from the pod network without a client key, so it
+/// never serves the model API, and its refusal names nothing that is served elsewhere.
+pub async fn admin<B>(app: Arc<App>, req: Request<B>) -> Response<ResBody> {
+    let path = req.uri().path();
+    if let Some(r) = admin_endpoint(&app, req.method(), path) {
+        return r;
+    }
+    full(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "not found: the llmesh admin listener serves only GET /metrics, /healthz and /readyz\n",
+    )
+}
+
+/// The admin endpoints, on either listener; `None` for any other request.
+fn admin_endpoint(app: &App, method: &Method, path: &str) -> Option<Response<ResBody>> {
+    if method != Method::GET {
+        return None;
+    }
+    Some(match path {
+        "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if app.is_ready() => full(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no config loaded yet\n",
+        ),
+        "/metrics" => {
+            app.refresh_gauges();
+            full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            )
+        }
+        _ => return None,
+    })
 }
 
 fn model_info(app: &App, id: &str) -> Response<ResBody> {

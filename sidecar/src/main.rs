@@ -71,6 +71,12 @@ struct Args {
     #[arg(long, env = "LLMESH_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
 
+    /// A second address serving only GET /metrics, /healthz and /readyz, never the model API
+    /// (the injected sidecar: 0.0.0.0:PORT, for probes and Prometheus on the pod IP). Unset:
+    /// they are served on --listen only.
+    #[arg(long, env = "LLMESH_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
     /// How often to check the config files for changes.
     #[arg(long, default_value = "1s", value_parser = duration)]
     watch_interval: Duration,
@@ -319,8 +325,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let Ok(mut admin) = Admin::bind(args.admin_listen).await else {
+            return ExitCode::from(1);
+        };
         tracing::info!(
             listen = %args.listen,
+            admin_listen = ?args.admin_listen,
             routes = snapshot.routes.len(),
             version = %snapshot.version,
             "llmesh-sidecar serving; point OpenAI clients at http://{}/v1",
@@ -332,13 +342,9 @@ fn main() -> ExitCode {
             args.watch_interval,
             files,
         ));
-        server::serve(
-            app.clone(),
-            listener,
-            shutdown_signal(),
-            args.shutdown_grace,
-        )
-        .await;
+        let shutdown = admin.start(&app, args.shutdown_grace);
+        server::serve(app.clone(), listener, shutdown, args.shutdown_grace).await;
+        admin.stopped().await;
         app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS
     })
@@ -414,16 +420,81 @@ fn operator_mode(args: &Args, url: String, open_files: u64) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let Ok(mut admin) = Admin::bind(args.admin_listen).await else {
+            return ExitCode::from(1);
+        };
         tracing::info!(
             listen = %listen,
+            admin_listen = ?args.admin_listen,
             operator = %source.url,
             "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
         );
         tokio::spawn(operator_client::run(app.clone(), source, served));
-        server::serve(app.clone(), listener, shutdown_signal(), grace).await;
+        let shutdown = admin.start(&app, grace);
+        server::serve(app.clone(), listener, shutdown, grace).await;
+        admin.stopped().await;
         app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS
     })
+}
+
+/// The `--admin-listen` listener, when there is one: bound before anything is served, so a taken
+/// port fails the start, and stopped with the main listener.
+struct Admin {
+    listener: Option<tokio::net::TcpListener>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Binds `addr`; prints why and fails when it cannot.
+    async fn bind(addr: Option<SocketAddr>) -> Result<Self, ()> {
+        let listener = match addr {
+            None => None,
+            Some(a) => match server::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("llmesh-sidecar: cannot listen on --admin-listen {a}: {e}");
+                    return Err(());
+                }
+            },
+        };
+        Ok(Self {
+            listener,
+            task: None,
+        })
+    }
+
+    /// Starts serving; the returned future is the main listener's shutdown: it resolves on
+    /// SIGTERM or Ctrl-C, and stops this listener too.
+    fn start(
+        &mut self,
+        app: &std::sync::Arc<App>,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(listener) = self.listener.take() {
+            let mut stopped = stopped;
+            self.task = Some(tokio::spawn(server::serve_admin(
+                app.clone(),
+                listener,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                grace,
+            )));
+        }
+        async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        }
+    }
+
+    /// Waits for the admin listener to finish.
+    async fn stopped(self) {
+        if let Some(t) = self.task {
+            let _ = t.await;
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,7 @@
 //! The listener: HTTP/1.1 and HTTP/2 (h2c) on one port, TCP_NODELAY, and graceful shutdown that
 //! stops accepting, lets in-flight requests and streams finish up to a deadline, then returns.
+//! [`serve`] answers the model API (and the admin endpoints) on loopback; [`serve_admin`] only
+//! the admin endpoints, for `--admin-listen` on the pod IP.
 //!
 //! Against clients that hold connections without using them: a deadline on request headers
 //! (`--header-read-timeout`, hyper's), idle connections closed (`--idle-timeout`), and a cap on
@@ -18,7 +20,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -28,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::app::App;
-use crate::handler::{ResBody, handle};
+use crate::handler::{ResBody, admin, handle};
 use crate::limits::{HELD, Held};
 use crate::transport::BoxError;
 
@@ -39,7 +43,39 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let limits = app.limits.clone();
+    let max = app.limits.max_connections;
+    serve_with(app, listener, shutdown, grace, max, handle).await;
+}
+
+/// Serves only `/metrics`, `/healthz` and `/readyz` ([`admin`]) on `listener`, the pod-IP
+/// listener of `--admin-listen`, until `shutdown` resolves. The same header, idle and
+/// connection limits hold, with a cap of [`ADMIN_MAX_CONNECTIONS`]: scrapers and probes hold
+/// a few connections at most.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    serve_with(app, listener, shutdown, grace, ADMIN_MAX_CONNECTIONS, admin).await;
+}
+
+/// Connections the admin listener keeps open at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+async fn serve_with<H, F>(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    max_connections: usize,
+    handler: H,
+) where
+    H: Fn(Arc<App>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Response<ResBody>> + Send + 'static,
+{
+    let mut limits = app.limits.clone();
+    limits.max_connections = max_connections;
     let mut builder = Builder::new(TokioExecutor::new());
     let header_timeout =
         (!limits.header_read_timeout.is_zero()).then_some(limits.header_read_timeout);
@@ -81,7 +117,7 @@ pub async fn serve(
                         let active = Active::begin(conn.clone());
                         async move {
                             let held = Held::new(app.buffers.clone());
-                            let mut answer = std::pin::pin!(HELD.scope(held, handle(app, req)));
+                            let mut answer = std::pin::pin!(HELD.scope(held, handler(app, req)));
                             let resp = answer.as_mut().await;
                             let held = answer.as_mut().take_value();
                             Ok::<_, Infallible>(resp.map(|body| Tracked {

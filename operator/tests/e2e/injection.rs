@@ -119,6 +119,76 @@ async fn opted_in_pods_get_a_hardened_native_sidecar_and_others_are_untouched() 
         "http://127.0.0.1:4000"
     );
     assert_eq!(v["metadata"]["labels"]["llmesh.io/sidecar"], "injected");
+    // The admin port on the pod IP, and probes on it: the kubelet starts the app only once the
+    // sidecar serves a config.
+    assert_eq!(sc["ports"][0]["name"], "llmesh-admin", "{}", sc["ports"]);
+    assert_eq!(sc["ports"][0]["containerPort"], 4001);
+    assert!(args.contains("0.0.0.0:4001"), "{args}");
+    for probe in ["startupProbe", "readinessProbe"] {
+        assert_eq!(
+            sc[probe]["httpGet"]["path"], "/readyz",
+            "{probe}: {}",
+            sc[probe]
+        );
+        assert_eq!(sc[probe]["httpGet"]["port"], "llmesh-admin", "{probe}");
+    }
+    // An unchanged OpenAI() or Anthropic() client finds a key.
+    assert_eq!(
+        env_of(app, "OPENAI_API_KEY").unwrap()["value"],
+        "llmesh-placeholder"
+    );
+    assert_eq!(
+        env_of(app, "ANTHROPIC_API_KEY").unwrap()["value"],
+        "llmesh-placeholder"
+    );
+
+    // Per-pod settings by annotation.
+    let mut tuned = pod("tuned", "app", &[("llmesh.io/inject", "enabled")]);
+    tuned.metadata.annotations = Some(
+        [
+            ("llmesh.io/sidecar-cpu-request", "100m"),
+            ("llmesh.io/sidecar-cpu-limit", "2"),
+            ("llmesh.io/sidecar-memory-limit", "512Mi"),
+            ("llmesh.io/sidecar-max-in-flight", "32"),
+            ("llmesh.io/sidecar-log-level", "debug"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+    );
+    let tuned: Value = serde_json::to_value(create_pod(env, &ns, &tuned).await?)?;
+    let tsc = &tuned["spec"]["initContainers"][0];
+    assert_eq!(tsc["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(tsc["resources"]["limits"]["cpu"], "2");
+    assert_eq!(tsc["resources"]["limits"]["memory"], "512Mi");
+    assert!(
+        tsc["args"]
+            .to_string()
+            .contains(r#""--max-in-flight","32""#),
+        "{}",
+        tsc["args"]
+    );
+    assert_eq!(
+        env_of(tsc, "LLMESH_LOG").unwrap()["value"],
+        "info,llmesh_sidecar=debug"
+    );
+
+    // A bad value is refused by the API server with the webhook's message, naming it.
+    let mut bad = pod("bad-annotation", "app", &[("llmesh.io/inject", "enabled")]);
+    bad.metadata.annotations = Some(
+        [(
+            "llmesh.io/sidecar-memory-limit".to_string(),
+            "lots".to_string(),
+        )]
+        .into(),
+    );
+    let refused = create_pod(env, &ns, &bad)
+        .await
+        .expect_err("a bad annotation was accepted");
+    let msg = format!("{refused:#}");
+    assert!(
+        msg.contains("llmesh.io/sidecar-memory-limit") && msg.contains("not a memory quantity"),
+        "{msg}"
+    );
 
     // Not opted in: stored exactly as submitted.
     let plain = pod("plain", "app", &[("app", "plain")]);

@@ -44,7 +44,15 @@ pub async fn serve(
     grace: Duration,
 ) {
     let max = app.limits.max_connections;
-    serve_with(app, listener, shutdown, grace, max, handle).await;
+    serve_with(
+        app,
+        listener,
+        shutdown,
+        grace,
+        (max, "its limit (--max-connections, LLMESH_MAX_CONNECTIONS); retry after a second, or raise the limit together with the open-files limit"),
+        handle,
+    )
+    .await;
 }
 
 /// Serves only `/metrics`, `/healthz` and `/readyz` ([`admin`]) on `listener`, the pod-IP
@@ -57,7 +65,15 @@ pub async fn serve_admin(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    serve_with(app, listener, shutdown, grace, ADMIN_MAX_CONNECTIONS, admin).await;
+    serve_with(
+        app,
+        listener,
+        shutdown,
+        grace,
+        (ADMIN_MAX_CONNECTIONS, "the admin listener's fixed limit; retry after a second, and let scrapers and probes reuse their connections"),
+        admin,
+    )
+    .await;
 }
 
 /// Connections the admin listener keeps open at once.
@@ -68,7 +84,7 @@ async fn serve_with<H, F>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    max_connections: usize,
+    (max_connections, limit): (usize, &str),
     handler: H,
 ) where
     H: Fn(Arc<App>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
@@ -85,7 +101,7 @@ async fn serve_with<H, F>(
         .header_read_timeout(header_timeout);
     let conns = Arc::new(Conns::default());
     // Built once; leaked so each refusal's task can borrow it (one per server).
-    let refused: &'static [u8] = Vec::leak(refusal(limits.max_connections));
+    let refused: &'static [u8] = Vec::leak(refusal(limits.max_connections, limit));
     let (stop_tx, stop_rx) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
@@ -271,10 +287,11 @@ async fn watch_connection<C>(
     conns.remove(id);
 }
 
-/// The answer to a connection past `--max-connections` when none can be closed for it.
-fn refusal(max: usize) -> Vec<u8> {
+/// The answer to a connection past the listener's cap (`limit` says which) when none can be
+/// closed for it.
+fn refusal(max: usize, limit: &str) -> Vec<u8> {
     let e = crate::error::ApiError::overloaded(format!(
-        "llmesh: this sidecar already has {max} connections open, all busy, its limit (--max-connections, LLMESH_MAX_CONNECTIONS); retry after a second, or raise the limit together with the open-files limit"
+        "llmesh: this listener already has {max} connections open, all busy, {limit}"
     ));
     let body = e.body(crate::error::ErrorFormat::OpenAi);
     let mut out = format!(

@@ -133,7 +133,8 @@ for crd in servicemonitors podmonitors prometheusrules; do
   "$K" create -f "$prom_dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" >/dev/null
 done
 "$K" wait --for=condition=Established --timeout=60s \
-  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+  crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com \
+  crd/prometheusrules.monitoring.coreos.com >/dev/null
 for ns in mesh-system team-a team-b grafana legacy; do "$K" create namespace "$ns" >/dev/null; done
 "$K" create priorityclass llmesh-critical --value=1000000 >/dev/null
 "$K" create --validate=strict -f "$WORK/nondefault.yaml" >"$WORK/create-nondefault.log" 2>&1 ||

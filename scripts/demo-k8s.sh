@@ -2,8 +2,9 @@
 # The whole llmesh Kubernetes flow on one machine, no cluster needed:
 #
 #   real kube-apiserver + etcd (the e2e tests' control plane)
-#   -> CRDs, RBAC, llmesh-operator running as its ServiceAccount
-#   -> injection webhook -> an opted-in Pod comes back with the sidecar
+#   -> `helm install` of charts/llmesh (CRDs, RBAC, webhook; no kubelet runs its Deployment)
+#   -> llmesh-operator run here with the chart's ServiceAccount token (exactly its RBAC)
+#   -> the chart's webhook pointed at this machine -> an opted-in Pod comes back with the sidecar
 #   -> examples/k8s/*.yaml applied -> the route reports Ready
 #   -> a real llmesh-sidecar holding that Pod's bound token -> a request goes through
 #   -> kubectl edits the route -> the sidecar follows within a second
@@ -14,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 KEEP=${1:-}
+export LLMESH_CACHE=${LLMESH_CACHE:-$REPO/.cache}
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 OP_PORT=${LLMESH_DEMO_OPERATOR_PORT:-18443}
 ADMIN_PORT=${LLMESH_DEMO_ADMIN_PORT:-18080}
 SIDECAR_PORT=${LLMESH_DEMO_SIDECAR_PORT:-14000}
@@ -56,28 +59,33 @@ tests/controlplane/install.sh >"$WORK/install.log" 2>&1 || {
   exit 1
 }
 tail -n 4 "$WORK/install.log"
-K="$REPO/.cache/bin/kubectl"
+K="$LLMESH_CACHE/bin/kubectl"
+HELM="$LLMESH_CACHE/bin/helm"
 
 step "building llmesh-testenv, llmesh-operator and llmesh-sidecar"
 run cargo build -q -p llmesh-testenv -p llmesh-operator -p llmesh-sidecar --bins
 
 step "starting a real kube-apiserver and etcd on loopback"
-target/debug/llmesh-testenv up >"$WORK/controlplane.log" 2>&1 &
+"$TARGET/debug/llmesh-testenv" up >"$WORK/controlplane.log" 2>&1 &
 pids+=($!)
 wait_for 120 "the control plane" grep -q '^export KUBECONFIG=' "$WORK/controlplane.log"
 export KUBECONFIG
 KUBECONFIG=$(sed -n 's/^export KUBECONFIG=//p' "$WORK/controlplane.log")
 grep -E '^(kube-apiserver|started in):' "$WORK/controlplane.log"
 
-step "installing the CRDs (generated from the Rust types by crdgen)"
-run "$K" apply -f crds/
+step "the Helm chart: CRDs, the operator's least-privilege RBAC, the injection webhook"
+run "$HELM" install llmesh charts/llmesh -n llmesh-system --create-namespace | sed -n '1,/^NOTES:/p'
 run "$K" wait --for=condition=Established crd/llmroutes.llmesh.io crd/llmbudgets.llmesh.io
+run "$K" get serviceaccount/llmesh-operator role/llmesh-operator clusterrole/llmesh-operator \
+  mutatingwebhookconfiguration/llmesh-sidecar-injector -n llmesh-system
 
-step "least-privilege RBAC for the operator (deploy/rbac.yaml)"
-run "$K" create namespace llmesh-system
-run "$K" apply -f deploy/rbac.yaml
+step "the chart's webhook pointed at this machine (here no kubelet runs the operator's pods)"
+for i in 0 1; do
+  printf '{"op":"remove","path":"/webhooks/%s/clientConfig/service"},{"op":"add","path":"/webhooks/%s/clientConfig/url","value":"https://127.0.0.1:%s/mutate-pods"},' "$i" "$i" "$OP_PORT"
+done | sed 's/^/[/; s/,$/]/' >"$WORK/webhook-patch.json"
+run "$K" patch mutatingwebhookconfiguration llmesh-sidecar-injector --type json --patch-file "$WORK/webhook-patch.json"
 
-step "starting llmesh-operator with its ServiceAccount's token (exactly those rules)"
+step "starting llmesh-operator with the chart's ServiceAccount token (exactly its RBAC)"
 SERVER=$("$K" config view --raw -o jsonpath='{.clusters[0].cluster.server}')
 CA_FILE=$("$K" config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}')
 OP_TOKEN=$("$K" create token llmesh-operator -n llmesh-system --duration 1h)
@@ -90,7 +98,7 @@ contexts: [{name: demo, context: {cluster: demo, user: llmesh-operator, namespac
 current-context: demo
 EOF
 chmod 600 "$WORK/operator.kubeconfig"
-KUBECONFIG="$WORK/operator.kubeconfig" target/debug/llmesh-operator \
+KUBECONFIG="$WORK/operator.kubeconfig" "$TARGET/debug/llmesh-operator" \
   --namespace llmesh-system \
   --listen "127.0.0.1:$OP_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --tls-san 127.0.0.1 --operator-url "https://127.0.0.1:$OP_PORT" \
@@ -100,9 +108,6 @@ t0=$(date +%s%N)
 wait_for 30 "the operator's /readyz" curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
 echo "operator ready in $((($(date +%s%N) - t0) / 1000000)) ms (log: $WORK/operator.log)"
 
-step "the sidecar injection webhook (deploy/webhook.yaml, pointed at this machine)"
-sed "s#service: {name: llmesh-operator, namespace: llmesh-system, path: /mutate-pods, port: 8443}#url: https://127.0.0.1:$OP_PORT/mutate-pods#" \
-  deploy/webhook.yaml | run "$K" apply -f -
 has_ca_bundle() { [ -n "$("$K" get mutatingwebhookconfiguration llmesh-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]; }
 wait_for 30 "the operator to set the webhook's caBundle" has_ca_bundle
 echo "caBundle set by the operator"
@@ -132,7 +137,7 @@ run "$K" get llmroutes,llmbudgets -n demo
 step "starting llmesh-sidecar with a token bound to that Pod (what the kubelet projects)"
 "$K" create token app -n demo --audience llmesh --bound-object-kind Pod --bound-object-name app >"$WORK/token"
 "$K" get secret llmesh-operator-tls -n llmesh-system -o jsonpath='{.data.ca\.crt}' | base64 -d >"$WORK/ca.crt"
-target/debug/llmesh-sidecar --operator "https://127.0.0.1:$OP_PORT" --operator-ca "$WORK/ca.crt" \
+"$TARGET/debug/llmesh-sidecar" --operator "https://127.0.0.1:$OP_PORT" --operator-ca "$WORK/ca.crt" \
   --token-file "$WORK/token" --snapshot-cache "$WORK/snapshot.json" \
   --listen "127.0.0.1:$SIDECAR_PORT" --access-log off >"$WORK/sidecar.log" 2>&1 &
 pids+=($!)

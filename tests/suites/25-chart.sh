@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The Helm chart charts/llmesh, checked with the real helm and a real kube-apiserver:
-#   - chart crds/ equal the top-level crds/; deploy/rendered.yaml equals the default rendering
+#   - chart crds/ equal the top-level crds/; deploy/ holds only the chart's renderings
+#     (scripts/render-deploy.sh --check: rendered.yaml, default values; rendered-namespaced.yaml,
+#     secrets.namespaces=[team-a, team-b]), each created with strict validation below
 #   - helm lint --strict, with default and non-default values (tests/chart/values-nondefault.yaml)
 #   - bad values (tests/chart/bad/*.yaml) are refused by values.schema.json, naming the value
 #   - files dropped into rules/ and dashboards/ become a PrometheusRule and ConfigMaps
@@ -64,8 +66,8 @@ K=$LLMESH_CACHE/bin/kubectl
 diff -r crds "$CHART/crds" >&2 || fail "$CHART/crds differs from crds/: cp crds/*.yaml $CHART/crds/"
 ok "chart crds/ equal crds/"
 
-HELM=$HELM scripts/render-deploy.sh --check || fail "deploy/rendered.yaml is stale"
-ok "deploy/rendered.yaml is the chart's default rendering"
+HELM=$HELM scripts/render-deploy.sh --check || fail "deploy/ is stale or holds a hand-kept file"
+ok "deploy/ is the chart's rendering (default values; secrets.namespaces=[team-a, team-b])"
 
 "$HELM" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || fail "helm lint, default values: $(cat "$WORK/lint.log")"
 "$HELM" lint --strict "$CHART" -f "$T/values-nondefault.yaml" >"$WORK/lint.log" 2>&1 ||
@@ -137,6 +139,9 @@ done
   crd/prometheusrules.monitoring.coreos.com >/dev/null
 for ns in mesh-system team-a team-b grafana legacy; do "$K" create namespace "$ns" >/dev/null; done
 "$K" create priorityclass llmesh-critical --value=1000000 >/dev/null
+"$K" apply --server-side --dry-run=server --validate=strict --force-conflicts \
+  -f deploy/rendered-namespaced.yaml >"$WORK/strict.log" 2>&1 ||
+  fail "strict validation of deploy/rendered-namespaced.yaml: $(cat "$WORK/strict.log")"
 "$K" create --validate=strict -f "$WORK/nondefault.yaml" >"$WORK/create-nondefault.log" 2>&1 ||
   fail "creating the non-default rendering: $(cat "$WORK/create-nondefault.log")"
 "$K" get -o json -f "$WORK/nondefault.yaml" >"$WORK/nondefault.json"

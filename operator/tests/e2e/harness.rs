@@ -1,7 +1,8 @@
 //! The end-to-end harness: the shared test control plane with llmesh's CRDs, RBAC and webhook
-//! configuration installed once; the real `llmesh-operator` binary running as its
-//! ServiceAccount (exactly `deploy/rbac.yaml`); real `llmesh-sidecar` processes holding
-//! Pod-bound tokens.
+//! configuration installed once, rendered from the Helm chart `charts/llmesh` by `helm template`
+//! at test time; the real `llmesh-operator` binary running with its ServiceAccount's token, so
+//! with exactly the chart's RBAC (a permission missing from the chart fails the tests); real
+//! `llmesh-sidecar` processes holding Pod-bound tokens.
 //!
 //! Operators watch the whole cluster, so tests that run one take [`serial`] and run one at a
 //! time; each test still has its own namespaces.
@@ -65,13 +66,14 @@ pub async fn env() -> &'static Env {
 
 async fn install() -> Result<Env> {
     let cp = llmesh_testenv::shared().await?;
-    let repo = repo();
     cp.install_llmesh().await?;
     let port = free_port();
     let admin_port = free_port();
     // The chart's webhook configuration, pointed at this machine instead of the Service.
-    let text = std::fs::read_to_string(repo.join("deploy/webhook.yaml"))?;
-    let mut mwc: Value = serde_saphyr::from_str(&text)?;
+    let text = cp
+        .render_chart("llmesh", &[], &["templates/webhook.yaml"])
+        .await?;
+    let mut mwc: Value = serde_saphyr::from_str(&text).context("parsing the chart's webhook")?;
     for w in mwc["webhooks"].as_array_mut().context("webhooks")? {
         w["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/mutate-pods")});
     }
@@ -154,7 +156,7 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// The operator as its ServiceAccount in `deploy/rbac.yaml`.
+    /// The operator as the chart's ServiceAccount (default values), with the chart's RBAC.
     pub async fn start(env: &Env) -> Result<Self> {
         Self::start_as(env, OPERATOR_SA, &[]).await
     }
@@ -437,10 +439,21 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// The TLS Secret of the operator the chart installs with default values.
+pub const OPERATOR_TLS: &str = "llmesh-operator-tls";
+
 /// The operator's CA (PEM), from its TLS Secret.
 pub async fn operator_ca(env: &Env) -> Result<String> {
+    operator_ca_in(env, OPERATOR_TLS).await
+}
+
+/// The CA (PEM) of an operator run with `--tls-secret tls_secret`.
+pub async fn operator_ca_in(env: &Env, tls_secret: &str) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
-    let s = secrets.get("llmesh-operator-tls").await?;
+    let s = secrets
+        .get(tls_secret)
+        .await
+        .with_context(|| format!("the operator's TLS Secret {SYSTEM_NS}/{tls_secret}"))?;
     let ca = s
         .data
         .and_then(|d| d.get("ca.crt").cloned())
@@ -450,11 +463,20 @@ pub async fn operator_ca(env: &Env) -> Result<String> {
 
 /// `GET /v1/snapshot?version=` straight from the operator with `token`: status and body.
 pub async fn fetch_snapshot(env: &Env, token: &str) -> Result<(u16, String)> {
+    fetch_snapshot_trusting(env, OPERATOR_TLS, token).await
+}
+
+/// [`fetch_snapshot`] from an operator run with `--tls-secret tls_secret`.
+pub async fn fetch_snapshot_trusting(
+    env: &Env,
+    tls_secret: &str,
+    token: &str,
+) -> Result<(u16, String)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(operator_ca(env).await?.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(operator_ca_in(env, tls_secret).await?.as_bytes()) {
         roots.add(c?)?;
     }
     let tls = rustls::ClientConfig::builder()
@@ -548,9 +570,14 @@ pub async fn apply(env: &Env, ns: &str, yaml: &str) -> Result<std::process::Outp
 
 /// Waits until the webhook configuration carries the operator's CA (the leader applies it).
 pub async fn webhook_ready(env: &Env) -> Result<()> {
+    webhook_ready_for(env, OPERATOR_TLS).await
+}
+
+/// [`webhook_ready`] for an operator run with `--tls-secret tls_secret`.
+pub async fn webhook_ready_for(env: &Env, tls_secret: &str) -> Result<()> {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     let api: Api<MutatingWebhookConfiguration> = Api::all(env.cp.client()?);
-    let ca = operator_ca(env).await?;
+    let ca = operator_ca_in(env, tls_secret).await?;
     eventually("webhook caBundle", Duration::from_secs(30), || async {
         let mwc = api.get("llmesh-sidecar-injector").await?;
         let all = mwc.webhooks.unwrap_or_default().iter().all(|w| {

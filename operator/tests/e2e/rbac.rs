@@ -1,6 +1,7 @@
-//! `deploy/rbac.yaml` grants what the operator does and nothing else. The other e2e tests run
-//! the operator with exactly these rules (a missing rule fails them); this one checks that
-//! nearby, more powerful permissions are absent.
+//! The chart's RBAC (`charts/llmesh/templates/rbac.yaml`, default values, installed by
+//! `install_llmesh`) grants what the operator does and nothing else. The other e2e tests run the
+//! operator with exactly these rules (a missing rule fails them); this one checks that nearby,
+//! more powerful permissions are absent.
 
 use anyhow::Result;
 

@@ -1,62 +1,65 @@
-//! `--secret-namespaces` with `deploy/rbac-namespaced.yaml`: the operator runs with exactly the
-//! narrow RBAC (Secrets only in the listed namespaces), serves a route with its key in a listed
-//! namespace, and says why a route elsewhere gets no key.
+//! The chart's `secrets.namespaces`: the operator runs with exactly the narrow RBAC the chart
+//! renders for a list of namespaces (Secrets only there) and the flags its Deployment gets,
+//! serves a route with its key in a listed namespace, and says why a route elsewhere gets no key.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kube::api::Api;
 use llmesh_api::LLMRoute;
+use llmesh_testenv::CHART_RBAC_TEMPLATES;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Operator, SYSTEM_NS, apply, env, eventually, fetch_snapshot, injected_pod_token, output_text,
-    repo, serial, webhook_ready,
+    Env, Operator, SYSTEM_NS, apply, env, eventually, fetch_snapshot_trusting, injected_pod_token,
+    output_text, serial, webhook_ready_for,
 };
 use crate::rbac::can_i_as;
 
-/// The ServiceAccount the narrow operator runs as. The shared control plane also holds
-/// `deploy/rbac.yaml`'s objects, so the narrow ones are renamed.
-const NARROW_SA: &str = "llmesh-operator-narrow";
+/// The chart's `operator.name` for the narrow install. The shared control plane also holds the
+/// default install's objects (`llmesh-operator`), so this one is a second release with its own
+/// name: its ServiceAccount, ClusterRole, Roles, Lease and TLS Secret are all `NARROW...`.
+const NARROW: &str = "llmesh-operator-narrow";
 
-/// `deploy/rbac-namespaced.yaml` as a chart would render it for `namespaces`: the objects of
-/// its first listed namespace (`team-a`) repeated for each of `namespaces`, those of the others
-/// dropped, and every `llmesh-operator...` object and subject renamed `llmesh-operator-narrow...`.
-/// `resourceNames` stay: this operator uses the same Lease, TLS Secret and webhook.
-fn render(namespaces: &[&str]) -> Result<Value> {
-    let text = std::fs::read_to_string(repo().join("deploy/rbac-namespaced.yaml"))?;
-    let docs: Vec<Value> = text
-        .split("\n---\n")
-        .map(serde_saphyr::from_str::<Value>)
-        .collect::<Result<_, _>>()
-        .context("parsing deploy/rbac-namespaced.yaml")?;
-    let rename = |v: &mut Value| {
-        if let Some(name) = v.as_str().and_then(|n| n.strip_prefix("llmesh-operator")) {
-            *v = json!(format!("{NARROW_SA}{name}"));
-        }
-    };
-    let mut items = Vec::new();
-    for mut doc in docs.into_iter().filter(|d| d.is_object()) {
-        rename(&mut doc["metadata"]["name"]);
-        if doc.get("roleRef").is_some() {
-            rename(&mut doc["roleRef"]["name"]);
-        }
-        if let Some(subjects) = doc.get_mut("subjects").and_then(Value::as_array_mut) {
-            subjects.iter_mut().for_each(|s| rename(&mut s["name"]));
-        }
-        match doc["metadata"]["namespace"].as_str() {
-            Some("team-a") => {
-                for ns in namespaces {
-                    let mut d = doc.clone();
-                    d["metadata"]["namespace"] = json!(ns);
-                    items.push(d);
-                }
-            }
-            Some("team-b") => {}
-            _ => items.push(doc),
-        }
-    }
-    Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}))
+/// The chart rendered with `secrets.namespaces` = `namespaces` and `operator.name` [`NARROW`]:
+/// its ServiceAccount and RBAC (to apply), and the operator flags its Deployment carries that
+/// name its own objects, plus `--secret-namespaces` from the Deployment's
+/// `LLMESH_SECRET_NAMESPACES`.
+async fn render(env: &Env, namespaces: &[&str]) -> Result<(String, Vec<String>)> {
+    let values = env.dir.join("values-narrow.json");
+    let v = json!({"operator": {"name": NARROW}, "secrets": {"namespaces": namespaces}});
+    std::fs::write(&values, serde_json::to_vec(&v)?)?;
+    let rbac = env
+        .cp
+        .render_chart("narrow", &[&values], &CHART_RBAC_TEMPLATES)
+        .await?;
+    let text = env
+        .cp
+        .render_chart("narrow", &[&values], &["templates/deployment.yaml"])
+        .await?;
+    let deployment: Value = serde_saphyr::from_str(&text).context("the chart's Deployment")?;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut flags: Vec<String> = container["args"]
+        .as_array()
+        .context("the Deployment's args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|a| {
+            ["--tls-secret=", "--lease-name=", "--webhook-config="]
+                .iter()
+                .any(|p| a.starts_with(p))
+        })
+        .map(String::from)
+        .collect();
+    let listed = container["env"]
+        .as_array()
+        .context("the Deployment's env")?
+        .iter()
+        .find(|e| e["name"] == "LLMESH_SECRET_NAMESPACES")
+        .and_then(|e| e["value"].as_str())
+        .context("LLMESH_SECRET_NAMESPACES on the Deployment")?;
+    flags.push(format!("--secret-namespaces={listed}"));
+    Ok((rbac, flags))
 }
 
 const ROUTE: &str = "
@@ -128,12 +131,18 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
     const KEY_B: &str = "sk-unlisted-TOPSECRET-0815";
     let listed = env.cp.create_namespace("secrets-listed").await?;
     let unlisted = env.cp.create_namespace("secrets-unlisted").await?;
-    let rbac = render(&[&listed])?;
+    let (rbac, flags) = render(env, &[&listed]).await?;
     let out = env
         .cp
-        .kubectl_with_stdin(["apply", "-f", "-"], &serde_json::to_vec(&rbac)?)
+        .kubectl_with_stdin(["apply", "-f", "-"], rbac.as_bytes())
         .await?;
     assert!(out.status.success(), "{}", output_text(&out));
+    let tls = format!("{NARROW}-tls");
+    assert!(
+        flags.contains(&format!("--tls-secret={tls}"))
+            && flags.contains(&format!("--secret-namespaces={listed}")),
+        "{flags:?}"
+    );
 
     // Exactly the narrow rules: Secrets in the listed namespace and the operator's own TLS
     // Secret, nothing else.
@@ -141,7 +150,7 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
         ("get", "secrets", Some(listed.as_str())),
         ("list", "secrets", Some(listed.as_str())),
         ("watch", "secrets", Some(listed.as_str())),
-        ("get", "secrets/llmesh-operator-tls", Some(SYSTEM_NS)),
+        ("get", "secrets/llmesh-operator-narrow-tls", Some(SYSTEM_NS)),
         ("list", "pods", None),
         ("create", "tokenreviews.authentication.k8s.io", None),
     ];
@@ -152,16 +161,17 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
         ("list", "secrets", None),
         ("watch", "secrets", None),
         ("get", "secrets/other", Some(SYSTEM_NS)),
+        ("get", "secrets/llmesh-operator-tls", Some(SYSTEM_NS)),
         ("update", "secrets", Some(listed.as_str())),
     ];
     let mut wrong = Vec::new();
     for (verb, res, ns) in allowed {
-        if !can_i_as(NARROW_SA, verb, res, ns).await? {
+        if !can_i_as(NARROW, verb, res, ns).await? {
             wrong.push(format!("missing: {verb} {res} in {ns:?}"));
         }
     }
     for (verb, res, ns) in denied {
-        if can_i_as(NARROW_SA, verb, res, ns).await? {
+        if can_i_as(NARROW, verb, res, ns).await? {
             wrong.push(format!("excess: {verb} {res} in {ns:?}"));
         }
     }
@@ -169,8 +179,9 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
 
     secret_and_route(&listed, KEY_A).await?;
     secret_and_route(&unlisted, KEY_B).await?;
-    let mut op = Operator::start_as(env, NARROW_SA, &["--secret-namespaces", &listed]).await?;
-    webhook_ready(env).await?;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut op = Operator::start_as(env, NARROW, &flags).await?;
+    webhook_ready_for(env, &tls).await?;
 
     // The listed namespace: resolved, and its pods receive the key.
     let c = resolved_refs(&listed).await?;
@@ -180,7 +191,7 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
         "the listed namespace's snapshot",
         Duration::from_secs(10),
         || async {
-            let (code, body) = fetch_snapshot(env, &token).await?;
+            let (code, body) = fetch_snapshot_trusting(env, &tls, &token).await?;
             if code != 200 || !body.contains("private-model") {
                 bail!("{code}: {body}");
             }
@@ -202,7 +213,7 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
         "{c:?}"
     );
     let (_pod, token) = injected_pod_token(env, &unlisted, "web").await?;
-    let (code, body) = fetch_snapshot(env, &token).await?;
+    let (code, body) = fetch_snapshot_trusting(env, &tls, &token).await?;
     assert_eq!(code, 200, "{body}");
     assert!(
         !body.contains("private-model") && !body.contains(KEY_B),

@@ -643,13 +643,57 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
-/// The namespace llmesh's operator runs in (`deploy/`).
+/// The namespace llmesh's operator runs in (the chart's release namespace in the tests).
 pub const SYSTEM_NS: &str = "llmesh-system";
 
+/// The Helm chart, relative to the repository root: the one source of the install manifests.
+pub const CHART: &str = "charts/llmesh";
+
+/// The chart's templates that make the operator's identity and permissions: its
+/// ServiceAccount, ClusterRole, Role and their bindings (and, with `secrets.namespaces`, a Role
+/// and RoleBinding in each listed namespace).
+pub const CHART_RBAC_TEMPLATES: [&str; 2] =
+    ["templates/serviceaccount.yaml", "templates/rbac.yaml"];
+
 impl ControlPlane {
+    /// The chart [`CHART`] rendered by `helm template` as release `release` in [`SYSTEM_NS`],
+    /// with the values files `values` (none: the defaults) and only the templates `show_only`
+    /// (none: all but the `helm test` hooks): YAML documents, for `kubectl apply -f -`.
+    pub async fn render_chart(
+        &self,
+        release: &str,
+        values: &[&Path],
+        show_only: &[&str],
+    ) -> Result<String> {
+        let chart = repo_root().join(CHART).display().to_string();
+        let mut args: Vec<String> = [
+            "template",
+            release,
+            &chart,
+            "--namespace",
+            SYSTEM_NS,
+            "--skip-tests",
+        ]
+        .map(String::from)
+        .to_vec();
+        for v in values {
+            args.extend(["--values".into(), v.display().to_string()]);
+        }
+        for t in show_only {
+            args.extend(["--show-only".into(), t.to_string()]);
+        }
+        let out = self.helm(&args).await?;
+        if !out.status.success() {
+            bail!("helm {}: {}", args.join(" "), output_text(&out));
+        }
+        String::from_utf8(out.stdout).context("helm template printed something not UTF-8")
+    }
+
     /// Installs llmesh's CRDs (waiting until they are Established), the `llmesh-system`
-    /// namespace (kept if it exists) and `deploy/rbac.yaml`, which creates the operator's
-    /// ServiceAccount. Safe to call again on a shared control plane.
+    /// namespace (kept if it exists) and the chart's ServiceAccount and RBAC with default values
+    /// ([`CHART_RBAC_TEMPLATES`], rendered now by `helm template`): the operator run with that
+    /// ServiceAccount's token has exactly the permissions a `helm install` gives it. Safe to
+    /// call again on a shared control plane.
     pub async fn install_llmesh(&self) -> Result<()> {
         let repo = repo_root();
         let crds = repo.join("crds").display().to_string();
@@ -674,10 +718,18 @@ impl ControlPlane {
         {
             bail!("creating {SYSTEM_NS}: {}", output_text(&out));
         }
-        let rbac = repo.join("deploy/rbac.yaml").display().to_string();
-        let out = self.kubectl(["apply", "-f", &rbac]).await?;
+        let rbac = self
+            .render_chart("llmesh", &[], &CHART_RBAC_TEMPLATES)
+            .await?;
+        let out = self
+            .kubectl_with_stdin(["apply", "-f", "-"], rbac.as_bytes())
+            .await?;
         if !out.status.success() {
-            bail!("applying deploy/rbac.yaml: {}", output_text(&out));
+            bail!(
+                "applying the chart's RBAC ({CHART} {}): {}",
+                CHART_RBAC_TEMPLATES.join(", "),
+                output_text(&out)
+            );
         }
         Ok(())
     }

@@ -606,6 +606,49 @@ async fn helm_runs_against_the_control_plane() -> Result<()> {
     Ok(())
 }
 
+/// `install_llmesh` installs the chart's own ServiceAccount and RBAC (rendered from
+/// charts/llmesh now, not a copy): the objects carry the chart's labels and the ServiceAccount
+/// has the chart's rules, no more.
+#[tokio::test]
+async fn install_llmesh_applies_the_charts_rbac() -> Result<()> {
+    let cp = control_plane().await;
+    cp.install_llmesh().await?;
+    let ns = llmesh_testenv::SYSTEM_NS;
+    for object in [
+        format!("serviceaccount/llmesh-operator -n {ns}"),
+        "clusterrole/llmesh-operator".to_string(),
+        "clusterrolebinding/llmesh-operator".to_string(),
+        format!("role/llmesh-operator -n {ns}"),
+        format!("rolebinding/llmesh-operator -n {ns}"),
+    ] {
+        let mut args: Vec<&str> = vec!["get"];
+        args.extend(object.split(' '));
+        args.extend(["-o", "jsonpath={.metadata.labels.helm\\.sh/chart}"]);
+        let out = cp.kubectl(&args).await?;
+        assert!(out.status.success(), "{object}: {}", output_text(&out));
+        let chart = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            chart.starts_with("llmesh-"),
+            "{object}: label helm.sh/chart is {chart:?}"
+        );
+    }
+    let who = format!("--as=system:serviceaccount:{ns}:llmesh-operator");
+    for (verb, resource, want) in [
+        ("watch", "llmroutes.llmesh.io", "yes"),
+        ("create", "tokenreviews.authentication.k8s.io", "yes"),
+        ("list", "configmaps", "no"),
+    ] {
+        let out = cp
+            .kubectl(["auth", "can-i", verb, resource, &who, "--all-namespaces"])
+            .await?;
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(got, want, "can llmesh-operator {verb} {resource}?");
+    }
+    // Again on the same control plane: nothing to create, no error.
+    cp.install_llmesh().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_private_control_plane_stops_cleanly() -> Result<()> {
     let cp = ControlPlane::start().await?;

@@ -151,8 +151,9 @@ pub struct Settings {
 
     /// Read Secrets only in these namespaces (comma-separated), one watch each, instead of in
     /// every namespace. Routes elsewhere that reference a Secret are reported not resolved.
-    /// Pair it with a Role and RoleBinding per namespace (`deploy/rbac-namespaced.yaml`)
-    /// instead of the cluster-wide Secret rule of `deploy/rbac.yaml`. Empty: every namespace.
+    /// Pair it with a Role and RoleBinding per namespace (the chart's `secrets.namespaces`, as in
+    /// `deploy/rendered-namespaced.yaml`) instead of the chart's default cluster-wide Secret rule.
+    /// Empty: every namespace.
     #[arg(
         long = "secret-namespaces",
         env = "LLMESH_SECRET_NAMESPACES",

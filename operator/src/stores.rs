@@ -27,9 +27,9 @@ use crate::inject::{SIDECAR_LABEL, SIDECAR_LABEL_VALUE};
 /// Where the operator reads Secrets (`--secret-namespaces`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretScope {
-    /// Every namespace (the ClusterRole of `deploy/rbac.yaml`).
+    /// Every namespace (the chart's default: a ClusterRole rule on Secrets).
     Cluster,
-    /// Only these namespaces (a Role in each, `deploy/rbac-namespaced.yaml`).
+    /// Only these namespaces (a Role in each: the chart's `secrets.namespaces`).
     Namespaces(BTreeSet<String>),
 }
 
@@ -63,7 +63,7 @@ impl SecretScope {
             Self::Namespaces(names) => names.iter().cloned().collect::<Vec<_>>().join(","),
         };
         format!(
-            "the operator reads Secrets only in the namespaces {listed} (--secret-namespaces / LLMESH_SECRET_NAMESPACES), not in {ns}: ask the platform team to add {ns} to that list and to grant the operator get/list/watch on secrets there (a Role and RoleBinding as in deploy/rbac-namespaced.yaml)"
+            "the operator reads Secrets only in the namespaces {listed} (--secret-namespaces / LLMESH_SECRET_NAMESPACES), not in {ns}: ask the platform team to add {ns} to that list and to grant the operator get/list/watch on secrets there (a Role and RoleBinding there: the Helm chart's secrets.namespaces, as in deploy/rendered-namespaced.yaml)"
         )
     }
 }

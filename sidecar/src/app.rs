@@ -215,8 +215,11 @@ impl App {
             .config_info
             .with_label_values(&[&snapshot.version])
             .set(1);
-        // What the reload removed stops being exported.
-        self.metrics.prune(&|series| rt.serves_series(series));
+        // What the reload removed stops being exported (a pass over every series, so only
+        // when something was removed or relabelled).
+        if self.runtime().is_some_and(|old| !rt.covers(&old)) {
+            self.metrics.prune(&|series| rt.serves_series(series));
+        }
         self.confirmed
             .store(self.clock.unix_now(), Ordering::Relaxed);
         self.runtime.store(Some(Arc::new(rt)));

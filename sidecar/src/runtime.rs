@@ -169,6 +169,28 @@ impl Runtime {
         self.pins.get(model).copied()
     }
 
+    /// Whether every backend (with its labels) and budget of `old` is still here.
+    pub fn covers(&self, old: &Runtime) -> bool {
+        let labels: std::collections::HashSet<&[String; 7]> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| &b.labels))
+            .collect();
+        let budgets: std::collections::HashSet<(&str, &str)> = self
+            .budgets
+            .iter()
+            .map(|b| (b.spec.namespace.as_str(), b.spec.name.as_str()))
+            .collect();
+        old.routes
+            .iter()
+            .flat_map(|r| r.backends.iter())
+            .all(|b| labels.contains(&b.labels))
+            && old
+                .budgets
+                .iter()
+                .all(|b| budgets.contains(&(b.spec.namespace.as_str(), b.spec.name.as_str())))
+    }
+
     /// Whether a metric series with these labels (read by name) belongs to what this runtime
     /// serves: its route, backend (with the same provider and models), variant and budget. A
     /// series of a route, backend or budget a reload removed does not.

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Unix time the serving certificate expires.
     pub cert_expiry: IntGauge,
+    /// Seconds from a snapshot's assembly to its answer to a sidecar whose poll was waiting.
+    pub snapshot_fanout_seconds: Histogram,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -62,19 +64,36 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+/// Buckets for the operator's own work, seconds.
+const WORK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets for a snapshot's fan-out to sidecars, seconds.
+const FANOUT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    ]))
-    .expect("valid metric");
+    histogram_with(r, name, help, WORK_BUCKETS)
+}
+
+fn histogram_with(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, and the process's own (resident memory, CPU, open files) on
+    /// Linux.
     pub fn new() -> Self {
         let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         Self {
             reconciles: counter_vec(
                 &r,
@@ -163,7 +182,22 @@ impl Metrics {
                 "llmesh_operator_certificate_expiry_timestamp_seconds",
                 "When the serving certificate expires (Unix time)",
             ),
+            snapshot_fanout_seconds: histogram_with(
+                &r,
+                "llmesh_operator_snapshot_fanout_seconds",
+                "Time from a snapshot's assembly to its answer to a sidecar whose poll was waiting for it",
+                FANOUT_BUCKETS,
+            ),
             registry: r,
+        }
+    }
+
+    /// Records a snapshot answered to a sidecar `age` after its assembly; only answers to a
+    /// poll that was waiting for it (`woke`) measure the fan-out: a sidecar that polls later
+    /// (a new pod, a reconnect) gets an older snapshot for reasons of its own.
+    pub fn observe_fanout(&self, woke: bool, age: std::time::Duration) {
+        if woke {
+            self.snapshot_fanout_seconds.observe(age.as_secs_f64());
         }
     }
 
@@ -178,5 +212,48 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_exports_its_own_metrics() {
+        let m = Metrics::new();
+        m.reconciles.with_label_values(&["route", "error"]).inc();
+        m.leader.set(1);
+        m.cert_expiry.set(1_900_000_000);
+        m.sidecars_connected.set(3);
+        m.observe_fanout(true, std::time::Duration::from_millis(20));
+        // A late poll is not a fan-out.
+        m.observe_fanout(false, std::time::Duration::from_secs(600));
+        let text = m.render();
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(value("llmesh_operator_sidecars_connected"), 3.0);
+        assert_eq!(value("llmesh_operator_snapshot_fanout_seconds_count"), 1.0);
+        assert!((value("llmesh_operator_snapshot_fanout_seconds_sum") - 0.02).abs() < 1e-9);
+        assert_eq!(
+            value("llmesh_operator_reconciles_total{kind=\"route\",result=\"error\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("llmesh_operator_certificate_expiry_timestamp_seconds"),
+            1_900_000_000.0
+        );
+        assert_eq!(value("llmesh_operator_leader"), 1.0);
+        #[cfg(target_os = "linux")]
+        {
+            assert!(value("process_resident_memory_bytes") > 0.0);
+            assert!(value("process_open_fds") > 0.0);
+            value("process_cpu_seconds_total");
+        }
     }
 }

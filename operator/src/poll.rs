@@ -145,6 +145,7 @@ impl Poller {
                 }
             }
         };
+        let mut woke = false;
         loop {
             let current = sub.rx.borrow_and_update().clone();
             if let Some(p) = current
@@ -173,10 +174,12 @@ impl Poller {
                     .snapshot_bytes
                     .with_label_values(&[form])
                     .inc_by(body.len() as u64);
+                self.metrics.observe_fanout(woke, p.age());
                 return r.body(Full::new(body)).unwrap_or_default();
             }
             tokio::select! {
                 changed = sub.rx.changed() => {
+                    woke = true;
                     if changed.is_err() {
                         return json_error(
                             StatusCode::FORBIDDEN,

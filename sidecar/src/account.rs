@@ -116,24 +116,27 @@ impl Ticket {
     }
 
     /// Where this request's metrics go: the answering backend's cached handles when it answered
-    /// as its own variant, else labels looked up (the assigned variant, or `none`).
+    /// as its own variant, else labels looked up (the assigned variant, or `none`). Every value
+    /// comes from the config: the model a client named is never a label.
     fn sink<'a>(&'a self, rt: Option<&'a Runtime>) -> Sink<'a> {
         const NONE: &str = "none";
         match (rt, self.route, self.backend) {
             (Some(rt), Some(r), Some(b)) => {
                 let b = &rt.routes[r].backends[b];
+                let l = &b.labels;
                 match &self.variant {
-                    Some(v) if *v != b.labels[4] => {
-                        let l = &b.labels;
-                        Sink::Labels([&l[0], &l[1], &l[2], &l[3], v])
+                    Some(v) if *v != l[4] => {
+                        Sink::labels_of([&l[0], &l[1], &l[2], &l[3], v, &l[5], &l[6]], self.op)
                     }
-                    _ => Sink::Cached(&b.metrics, &b.labels),
+                    _ => Sink::cached(&b.metrics, l, self.op),
                 }
             }
             (Some(rt), Some(r), None) => {
-                Sink::Labels([&rt.routes[r].spec.name, NONE, NONE, NONE, NONE])
+                let spec = &rt.routes[r].spec;
+                let l = [&spec.name, NONE, NONE, NONE, NONE, &spec.model, NONE];
+                Sink::labels_of(l, self.op)
             }
-            _ => Sink::Labels([NONE; 5]),
+            _ => Sink::labels_of([NONE; 7], self.op),
         }
     }
 
@@ -170,9 +173,16 @@ impl Ticket {
         let cost = usage.as_ref().map_or(0, |u| this.cost(u));
 
         let sink = this.sink(rt);
-        sink.request(m, status, elapsed.as_secs_f64());
+        sink.request(m, status, error, elapsed.as_secs_f64());
         if let Some(t) = this.ttft {
             sink.ttft(m, t.as_secs_f64());
+            // The pace of a stream after its first chunk, where it counted its output.
+            if let Some(u) = &usage
+                && u.output > 1
+            {
+                let after = elapsed.saturating_sub(t).as_secs_f64();
+                sink.time_per_output_token(m, after / (u.output - 1) as f64);
+            }
         }
         if let Some(u) = &usage {
             for (kind, n) in [u.prompt, u.output, u.cached_input, u.cache_write]

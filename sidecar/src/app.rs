@@ -2,7 +2,7 @@
 //! tests can drive it in process and `main` can put it behind a listener.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -35,6 +35,11 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Whether the config came from the last good snapshot on disk rather than a fresh source.
     pub stale: AtomicBool,
+    /// Unix time the config source last confirmed the config served (a load, an operator's
+    /// answer).
+    confirmed: AtomicU64,
+    /// Whether the config source (the operator) failed its last poll.
+    away: AtomicBool,
     /// Local API keys clients must present (empty: none required).
     pub local_keys: Vec<String>,
     /// Responses produced here, for the Responses API's `previous_response_id`.
@@ -142,6 +147,8 @@ impl AppBuilder {
             log,
             clock: self.clock,
             stale: AtomicBool::new(false),
+            confirmed: AtomicU64::new(0),
+            away: AtomicBool::new(false),
             local_keys: self.local_keys,
             responses: self.responses,
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -208,7 +215,27 @@ impl App {
             .config_info
             .with_label_values(&[&snapshot.version])
             .set(1);
+        // What the reload removed stops being exported (a pass over every series, so only
+        // when something was removed or relabelled).
+        if self.runtime().is_some_and(|old| !rt.covers(&old)) {
+            self.metrics.prune(&|series| rt.serves_series(series));
+        }
+        self.confirmed
+            .store(self.clock.unix_now(), Ordering::Relaxed);
         self.runtime.store(Some(Arc::new(rt)));
+    }
+
+    /// Records that the config source confirmed the config served at Unix time `unix` (an
+    /// operator's answer, or when the snapshot on disk was written) and is reachable.
+    pub fn confirmed_at(&self, unix: u64) {
+        self.confirmed.store(unix, Ordering::Relaxed);
+        self.away.store(false, Ordering::Relaxed);
+    }
+
+    /// Records that the config source (the operator) failed to answer: the config served is
+    /// stale until it answers again.
+    pub fn source_away(&self) {
+        self.away.store(true, Ordering::Relaxed);
     }
 
     /// The config being served, if any.
@@ -229,6 +256,12 @@ impl App {
     /// Refreshes gauges that depend on time (circuit states, budgets) before a scrape.
     pub fn refresh_gauges(&self) {
         let Some(rt) = self.runtime() else { return };
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        self.metrics
+            .config_age
+            .set(self.clock.unix_now().saturating_sub(confirmed) as i64);
+        let stale = self.stale.load(Ordering::Relaxed) || self.away.load(Ordering::Relaxed);
+        self.metrics.config_stale.set(i64::from(stale));
         let now = Instant::now();
         for r in &rt.routes {
             for b in &r.backends {
@@ -245,7 +278,7 @@ impl App {
                 self.metrics
                     .latency_ewma
                     .with_label_values(&l)
-                    .set(b.ewma() as i64);
+                    .set(b.ewma() as f64 / 1e6);
             }
         }
         let unix = self.clock.unix_now();

@@ -1,14 +1,45 @@
-//! Every metric the sidecar exports, registered in one place. OpenTelemetry GenAI names where
-//! they exist, `llmesh_*` for the rest. Labels stay low-cardinality: route, backend, provider,
-//! model, variant, status class; never user ids or prompts.
+//! Every metric the sidecar exports, registered in one place. OpenTelemetry GenAI names and
+//! labels where they exist (`gen_ai_*`), `llmesh_*` for the rest, base units (`_seconds`,
+//! `_bytes`, USD). Labels stay bounded: every value comes from the config (route, backend,
+//! provider, the route's and the backend's model, variant) or from a fixed set (operation, status
+//! class, error type); never user ids, prompts, request ids or a model name a client made up.
+//! Series of routes, backends and budgets a reload removed are removed with them ([`Metrics::prune`]).
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Labels identifying a backend's traffic.
-pub const BACKEND_LABELS: [&str; 5] = ["route", "backend", "provider", "model", "variant"];
+use crate::providers::Op;
+
+/// Labels identifying a backend's traffic, in the order label values are given.
+pub const BACKEND_LABELS: [&str; 7] = [
+    "route",
+    "backend",
+    "gen_ai_provider_name",
+    "gen_ai_response_model",
+    "variant",
+    "gen_ai_request_model",
+    "gen_ai_operation_name",
+];
+
+/// Label values of a backend: route, backend, provider (llmesh's name), the backend's model
+/// (the response model), variant, the route's model (the request model: what clients ask for),
+/// provider (OpenTelemetry's name). All config.
+pub type BackendLabels<'a> = [&'a str; 7];
+
+/// `gen_ai_provider_name`: OpenTelemetry's well-known value where there is one, else llmesh's
+/// name.
+pub fn gen_ai_provider(kind: llmesh_api::ProviderKind) -> &'static str {
+    use llmesh_api::ProviderKind as P;
+    match kind {
+        P::Azure => "azure.ai.openai",
+        P::Mistral => "mistral_ai",
+        P::Gemini => "gcp.gemini",
+        other => other.as_str(),
+    }
+}
 
 /// Buckets for request durations, seconds (OpenTelemetry's GenAI advice, extended).
 const DURATION_BUCKETS: &[f64] = &[
@@ -23,6 +54,11 @@ const TOKEN_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
 ];
 
+/// Buckets for time per output token, seconds (OpenTelemetry's GenAI advice).
+const TPOT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
 /// The sidecar's metrics.
 pub struct Metrics {
     /// The registry `/metrics` renders.
@@ -33,11 +69,15 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `gen_ai_server_time_to_first_token_seconds`: first streamed chunk.
     pub ttft: HistogramVec,
+    /// `gen_ai_server_time_per_output_token_seconds`: streaming pace after the first chunk.
+    pub tpot: HistogramVec,
     /// `gen_ai_client_token_usage`: tokens per request by type.
     pub token_usage: HistogramVec,
     /// `llmesh_tokens_total`: tokens by type, marked estimated or reported.
     pub tokens: IntCounterVec,
-    /// `llmesh_cost_microdollars_total`: spend in micro-dollars.
+    /// `llmesh_cost_usd_total`: spend in USD.
+    pub cost_usd: CounterVec,
+    /// `llmesh_cost_microdollars_total`: spend in micro-dollars, exact.
     pub cost: IntCounterVec,
     /// `llmesh_fallbacks_total`: moves from one backend to the next.
     pub fallbacks: IntCounterVec,
@@ -51,8 +91,8 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     /// `llmesh_backend_circuit_state`: 0 closed, 1 open, 2 half-open.
     pub circuit_state: IntGaugeVec,
-    /// `llmesh_backend_latency_ewma_seconds`-like gauge in microseconds.
-    pub latency_ewma: IntGaugeVec,
+    /// `llmesh_backend_latency_ewma_seconds`: the latency average latency routing uses.
+    pub latency_ewma: GaugeVec,
     /// `llmesh_cache_requests_total`: hit, miss, bypass.
     pub cache: IntCounterVec,
     /// `llmesh_limit_rejections_total`: refusals by limit.
@@ -73,22 +113,37 @@ pub struct Metrics {
     pub deltas: IntCounterVec,
     /// `llmesh_config_info`: 1, labelled with the serving version.
     pub config_info: IntGaugeVec,
+    /// `llmesh_config_age_seconds`: since the config source last confirmed the served config.
+    pub config_age: IntGauge,
+    /// `llmesh_config_stale`: 1 while the served config is not confirmed by its source.
+    pub config_stale: IntGauge,
     /// `llmesh_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub log_dropped: IntCounter,
     /// `llmesh_routes`: routes served.
     pub routes: IntGauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
 fn histogram(
@@ -98,13 +153,14 @@ fn histogram(
     labels: &[&str],
     buckets: &[f64],
 ) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
+    register(
+        r,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("valid metric"),
     )
-    .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
 }
 
 fn with(extra: &[&'static str]) -> Vec<&'static str> {
@@ -116,31 +172,27 @@ fn with(extra: &[&'static str]) -> Vec<&'static str> {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, and the process's own (resident memory, CPU, open files) on
+    /// Linux.
     pub fn new() -> Self {
         let r = Registry::new();
-        let log_dropped = IntCounter::new(
-            "llmesh_access_log_dropped_total",
-            "Access log lines dropped because the log writer fell behind.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(log_dropped.clone()))
-            .expect("unique metric");
-        let routes =
-            IntGauge::new("llmesh_routes", "Routes this sidecar serves.").expect("valid metric");
-        r.register(Box::new(routes.clone())).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         Self {
             requests: counter(
                 &r,
                 "llmesh_requests_total",
-                "Requests answered, by route, backend and status class.",
-                &with(&["status_class"]),
+                "Requests answered, by route, backend, status class and error type.",
+                &with(&["status_class", "error_type"]),
             ),
             duration: histogram(
                 &r,
                 "gen_ai_server_request_duration_seconds",
                 "Time from receiving a request to its last byte.",
-                &with(&["status_class"]),
+                &with(&["status_class", "error_type"]),
                 DURATION_BUCKETS,
             ),
             ttft: histogram(
@@ -149,6 +201,13 @@ impl Metrics {
                 "Time from receiving a streaming request to sending its first chunk.",
                 &BACKEND_LABELS,
                 TTFT_BUCKETS,
+            ),
+            tpot: histogram(
+                &r,
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time per output token of a stream after its first chunk.",
+                &BACKEND_LABELS,
+                TPOT_BUCKETS,
             ),
             token_usage: histogram(
                 &r,
@@ -163,10 +222,21 @@ impl Metrics {
                 "Tokens by type; estimated=\"true\" where the provider reported none.",
                 &with(&["type", "estimated"]),
             ),
+            cost_usd: register(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "llmesh_cost_usd_total",
+                        "Spend in USD; estimated=\"true\" where usage was estimated.",
+                    ),
+                    &with(&["estimated"]),
+                )
+                .expect("valid metric"),
+            ),
             cost: counter(
                 &r,
                 "llmesh_cost_microdollars_total",
-                "Spend in micro-dollars (1e-6 USD); estimated=\"true\" where usage was estimated.",
+                "Spend in micro-dollars (1e-6 USD), exact; estimated=\"true\" where usage was estimated.",
                 &with(&["estimated"]),
             ),
             fallbacks: counter(
@@ -205,11 +275,16 @@ impl Metrics {
                 "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
                 &["route", "backend"],
             ),
-            latency_ewma: gauge(
+            latency_ewma: register(
                 &r,
-                "llmesh_backend_latency_ewma_microseconds",
-                "Recent latency of the backend (EWMA) used by latency-based routing.",
-                &["route", "backend"],
+                GaugeVec::new(
+                    Opts::new(
+                        "llmesh_backend_latency_ewma_seconds",
+                        "Recent latency of the backend (EWMA) used by latency-based routing.",
+                    ),
+                    &["route", "backend"],
+                )
+                .expect("valid metric"),
             ),
             cache: counter(
                 &r,
@@ -271,8 +346,22 @@ impl Metrics {
                 "1 for the config version being served.",
                 &["version"],
             ),
-            log_dropped,
-            routes,
+            config_age: int_gauge(
+                &r,
+                "llmesh_config_age_seconds",
+                "Seconds since the config source last confirmed the config served (the operator's last answer, or the file's last load).",
+            ),
+            config_stale: int_gauge(
+                &r,
+                "llmesh_config_stale",
+                "1 while the config served is not confirmed by its source: loaded from disk at start, or the operator unreachable or refusing.",
+            ),
+            log_dropped: int_counter(
+                &r,
+                "llmesh_access_log_dropped_total",
+                "Access log lines dropped because the log writer fell behind.",
+            ),
+            routes: int_gauge(&r, "llmesh_routes", "Routes this sidecar serves."),
             registry: r,
         }
     }
@@ -285,6 +374,63 @@ impl Metrics {
             .expect("text encoding cannot fail");
         out
     }
+
+    /// Removes every labelled series `keep` refuses. Run after a reload, so routes, backends
+    /// and budgets no longer served stop being exported.
+    pub fn prune(&self, keep: &dyn Fn(&Series) -> bool) {
+        prune(&self.requests, keep);
+        prune(&self.duration, keep);
+        prune(&self.ttft, keep);
+        prune(&self.tpot, keep);
+        prune(&self.token_usage, keep);
+        prune(&self.tokens, keep);
+        prune(&self.cost_usd, keep);
+        prune(&self.cost, keep);
+        prune(&self.fallbacks, keep);
+        prune(&self.retries, keep);
+        prune(&self.upstream_errors, keep);
+        prune(&self.stream_errors, keep);
+        prune(&self.backend_up, keep);
+        prune(&self.circuit_state, keep);
+        prune(&self.latency_ewma, keep);
+        prune(&self.cache, keep);
+        prune(&self.limit_rejections, keep);
+        prune(&self.in_flight, keep);
+        prune(&self.budget_spent, keep);
+        prune(&self.budget_limit, keep);
+        prune(&self.budget_tokens, keep);
+        prune(&self.budget_alerts, keep);
+    }
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+/// One series' labels, read by name.
+pub struct Series<'a>(&'a [prometheus::proto::LabelPair]);
+
+impl<'a> Series<'a> {
+    /// The value of label `name`, if the series has it.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|p| p.name() == name).map(|p| p.value())
+    }
+}
+
+/// Removes the series of `vec` that `keep` refuses.
+fn prune<T: MetricVecBuilder>(vec: &MetricVec<T>, keep: &dyn Fn(&Series) -> bool) {
+    let Some(names) = vec.desc().first().map(|d| d.variable_labels.clone()) else {
+        return;
+    };
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let series = Series(m.get_label());
+            if !keep(&series) {
+                let values: Vec<&str> = names.iter().map(|n| series.get(n).unwrap_or("")).collect();
+                let _ = vec.remove_label_values(&values);
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -295,13 +441,7 @@ impl Default for Metrics {
 
 /// The status class label for a status code.
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    CLASSES[class_index(status)]
 }
 
 /// Index of a status class in per-class handle arrays.
@@ -319,126 +459,162 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `gen_ai_token_type` values, in the order of [`BackendMetrics`]' token arrays.
 pub const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached_input", "cache_write"];
 
-/// One backend's metric handles, resolved on first use and kept, so the request path does not
-/// hash label values on every request.
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Chat => 0,
+        Op::Completion => 1,
+        Op::Embedding => 2,
+    }
+}
+
+type Once<T> = std::sync::OnceLock<T>;
+
+/// One backend's metric handles, by operation (chat, text completion, embeddings), resolved on
+/// first use and kept, so the request path does not hash label values on every request.
 #[derive(Default)]
 pub struct BackendMetrics {
-    requests: [std::sync::OnceLock<IntCounter>; 5],
-    duration: [std::sync::OnceLock<prometheus::Histogram>; 5],
-    ttft: std::sync::OnceLock<prometheus::Histogram>,
-    usage: [std::sync::OnceLock<prometheus::Histogram>; 4],
-    tokens: [[std::sync::OnceLock<IntCounter>; 2]; 4],
-    cost: [std::sync::OnceLock<IntCounter>; 2],
+    requests: [[Once<IntCounter>; 5]; 3],
+    duration: [[Once<Histogram>; 5]; 3],
+    ttft: [Once<Histogram>; 3],
+    tpot: [Once<Histogram>; 3],
+    usage: [[Once<Histogram>; 4]; 3],
+    tokens: [[[Once<IntCounter>; 2]; 4]; 3],
+    cost: [[Once<IntCounter>; 2]; 3],
+    cost_usd: [[Once<Counter>; 2]; 3],
 }
 
-/// Where one request's metrics go: a backend's cached handles, or label values looked up now
-/// (a fallback answering for another variant, or a refusal before any backend).
-pub enum Sink<'a> {
-    /// Cached handles of the answering backend, labelled with its own variant.
-    Cached(&'a BackendMetrics, &'a [String; 5]),
-    /// Labels looked up per call.
-    Labels([&'a str; 5]),
+/// Where one request's metrics go: the answering backend's cached handles, or label values
+/// looked up now (a fallback answering for another variant, a refusal before any backend, a
+/// failure with an error type).
+pub struct Sink<'a> {
+    cached: Option<&'a BackendMetrics>,
+    labels: BackendLabels<'a>,
+    op: Op,
 }
 
-impl Sink<'_> {
-    /// The label values: route, backend, provider, model, variant.
-    pub fn labels(&self) -> [&str; 5] {
-        match self {
-            Sink::Cached(_, l) => [&l[0], &l[1], &l[2], &l[3], &l[4]],
-            Sink::Labels(l) => *l,
+impl<'a> Sink<'a> {
+    /// The answering backend's cached handles, labelled with its own values.
+    pub fn cached(h: &'a BackendMetrics, labels: &'a [String; 7], op: Op) -> Self {
+        Self {
+            cached: Some(h),
+            labels: [
+                &labels[0], &labels[1], &labels[2], &labels[3], &labels[4], &labels[5], &labels[6],
+            ],
+            op,
         }
     }
 
-    /// Records one finished request.
-    pub fn request(&self, m: &Metrics, status: u16, seconds: f64) {
+    /// Labels looked up per call.
+    pub fn labels_of(labels: BackendLabels<'a>, op: Op) -> Self {
+        Self {
+            cached: None,
+            labels,
+            op,
+        }
+    }
+
+    /// The label values: route, backend, provider, model, variant, request model, OpenTelemetry's
+    /// provider name.
+    pub fn labels(&self) -> BackendLabels<'a> {
+        self.labels
+    }
+
+    /// Values for [`BACKEND_LABELS`].
+    fn base(&self) -> [&'a str; 7] {
+        let l = &self.labels;
+        [l[0], l[1], l[6], l[3], l[4], l[5], self.op.as_str()]
+    }
+
+    /// Records one finished request; `error` is its error type (empty on success).
+    pub fn request(&self, m: &Metrics, status: u16, error: &str, seconds: f64) {
         let c = class_index(status);
-        let l = self.labels();
-        match self {
-            Sink::Cached(h, _) => {
-                h.requests[c]
-                    .get_or_init(|| {
-                        m.requests
-                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
-                    })
+        let o = op_index(self.op);
+        let b = self.base();
+        let values = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], CLASSES[c], error];
+        match self.cached {
+            Some(h) if error.is_empty() => {
+                h.requests[o][c]
+                    .get_or_init(|| m.requests.with_label_values(&values))
                     .inc();
-                h.duration[c]
-                    .get_or_init(|| {
-                        m.duration
-                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
-                    })
+                h.duration[o][c]
+                    .get_or_init(|| m.duration.with_label_values(&values))
                     .observe(seconds);
             }
-            Sink::Labels(_) => {
-                m.requests
-                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
-                    .inc();
-                m.duration
-                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], CLASSES[c]])
-                    .observe(seconds);
+            _ => {
+                m.requests.with_label_values(&values).inc();
+                m.duration.with_label_values(&values).observe(seconds);
             }
         }
     }
 
     /// Records time to first token.
     pub fn ttft(&self, m: &Metrics, seconds: f64) {
-        let l = self.labels();
-        match self {
-            Sink::Cached(h, _) => h
-                .ttft
-                .get_or_init(|| m.ttft.with_label_values(&l))
+        let b = self.base();
+        match self.cached {
+            Some(h) => h.ttft[op_index(self.op)]
+                .get_or_init(|| m.ttft.with_label_values(&b))
                 .observe(seconds),
-            Sink::Labels(_) => m.ttft.with_label_values(&l).observe(seconds),
+            None => m.ttft.with_label_values(&b).observe(seconds),
+        }
+    }
+
+    /// Records the time per output token of a stream after its first chunk.
+    pub fn time_per_output_token(&self, m: &Metrics, seconds: f64) {
+        let b = self.base();
+        match self.cached {
+            Some(h) => h.tpot[op_index(self.op)]
+                .get_or_init(|| m.tpot.with_label_values(&b))
+                .observe(seconds),
+            None => m.tpot.with_label_values(&b).observe(seconds),
         }
     }
 
     /// Records tokens of type `TOKEN_TYPES[kind]`.
     pub fn tokens(&self, m: &Metrics, kind: usize, n: u64, estimated: bool) {
-        let l = self.labels();
+        let o = op_index(self.op);
+        let b = self.base();
         let est = usize::from(estimated);
         let est_label = if estimated { "true" } else { "false" };
         let t = TOKEN_TYPES[kind];
-        match self {
-            Sink::Cached(h, _) => {
-                h.usage[kind]
-                    .get_or_init(|| {
-                        m.token_usage
-                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t])
-                    })
+        let usage = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], t];
+        let counted = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], t, est_label];
+        match self.cached {
+            Some(h) => {
+                h.usage[o][kind]
+                    .get_or_init(|| m.token_usage.with_label_values(&usage))
                     .observe(n as f64);
-                h.tokens[kind][est]
-                    .get_or_init(|| {
-                        m.tokens
-                            .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t, est_label])
-                    })
+                h.tokens[o][kind][est]
+                    .get_or_init(|| m.tokens.with_label_values(&counted))
                     .inc_by(n);
             }
-            Sink::Labels(_) => {
-                m.token_usage
-                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t])
-                    .observe(n as f64);
-                m.tokens
-                    .with_label_values(&[l[0], l[1], l[2], l[3], l[4], t, est_label])
-                    .inc_by(n);
+            None => {
+                m.token_usage.with_label_values(&usage).observe(n as f64);
+                m.tokens.with_label_values(&counted).inc_by(n);
             }
         }
     }
 
-    /// Records spend.
+    /// Records spend, in micro-dollars and in USD.
     pub fn cost(&self, m: &Metrics, micro: u64, estimated: bool) {
-        let l = self.labels();
+        let o = op_index(self.op);
+        let b = self.base();
         let est = usize::from(estimated);
         let est_label = if estimated { "true" } else { "false" };
-        match self {
-            Sink::Cached(h, _) => h.cost[est]
-                .get_or_init(|| {
-                    m.cost
-                        .with_label_values(&[l[0], l[1], l[2], l[3], l[4], est_label])
-                })
-                .inc_by(micro),
-            Sink::Labels(_) => m
-                .cost
-                .with_label_values(&[l[0], l[1], l[2], l[3], l[4], est_label])
-                .inc_by(micro),
+        let values = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], est_label];
+        let usd = micro as f64 / 1e6;
+        match self.cached {
+            Some(h) => {
+                h.cost[o][est]
+                    .get_or_init(|| m.cost.with_label_values(&values))
+                    .inc_by(micro);
+                h.cost_usd[o][est]
+                    .get_or_init(|| m.cost_usd.with_label_values(&values))
+                    .inc_by(usd);
+            }
+            None => {
+                m.cost.with_label_values(&values).inc_by(micro);
+                m.cost_usd.with_label_values(&values).inc_by(usd);
+            }
         }
     }
 }

@@ -129,6 +129,14 @@ pub fn start_from_disk(app: &App, source: &OperatorSource) -> Option<Snapshot> {
         Some(snapshot) => {
             app.apply(&snapshot);
             app.set_stale(true);
+            // Its age is that of the file: when the operator last sent a new snapshot.
+            if let Some(written) = std::fs::metadata(&source.cache_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            {
+                app.confirmed_at(written.as_secs());
+            }
             app.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::warn!(
                 version = %snapshot.version,
@@ -191,6 +199,11 @@ pub async fn run(app: Arc<App>, source: OperatorSource, mut served: Option<Snaps
     let mut whole = false;
     loop {
         let (next, wait) = poll_once(&app, &client, &source, &mut served, &mut whole).await;
+        // Snapshot freshness for `llmesh_config_age_seconds` and `llmesh_config_stale`.
+        match next {
+            Trouble::None => app.confirmed_at(app.clock.unix_now()),
+            _ => app.source_away(),
+        }
         if next != trouble {
             let version = served.as_ref().map(|s| s.version.as_str());
             report(&app, &next, version, &source);

@@ -41,8 +41,9 @@ pub struct BackendState {
     pub permits: Option<Arc<Semaphore>>,
     /// The in-flight gauge for this backend.
     pub in_flight_gauge: IntGauge,
-    /// Label values: route, backend, provider, model, variant.
-    pub labels: [String; 5],
+    /// Label values: route, backend, provider, model, variant, the route's model (what clients
+    /// ask for: `gen_ai_request_model`) and OpenTelemetry's provider name.
+    pub labels: [String; 7],
     /// Metric handles for this backend's own labels.
     pub metrics: crate::metrics::BackendMetrics,
     /// Header values for `x-llmesh-backend`, `-variant`, `-provider`, `-route`, built once.
@@ -168,6 +169,87 @@ impl Runtime {
         self.pins.get(model).copied()
     }
 
+    /// Whether every backend (with its labels) and budget of `old` is still here.
+    pub fn covers(&self, old: &Runtime) -> bool {
+        let labels: std::collections::HashSet<&[String; 7]> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| &b.labels))
+            .collect();
+        let budgets: std::collections::HashSet<(&str, &str)> = self
+            .budgets
+            .iter()
+            .map(|b| (b.spec.namespace.as_str(), b.spec.name.as_str()))
+            .collect();
+        old.routes
+            .iter()
+            .flat_map(|r| r.backends.iter())
+            .all(|b| labels.contains(&b.labels))
+            && old
+                .budgets
+                .iter()
+                .all(|b| budgets.contains(&(b.spec.namespace.as_str(), b.spec.name.as_str())))
+    }
+
+    /// Whether a metric series with these labels (read by name) belongs to what this runtime
+    /// serves: its route, backend (with the same provider and models), variant and budget. A
+    /// series of a route, backend or budget a reload removed does not.
+    pub fn serves_series(&self, series: &crate::metrics::Series) -> bool {
+        let get = |name: &str| series.get(name);
+        let given = |name: &str| get(name).filter(|v| !v.is_empty() && *v != "none");
+        if let (Some(ns), Some(name)) = (given("namespace"), given("budget"))
+            && !self
+                .budgets
+                .iter()
+                .any(|b| b.spec.namespace == ns && b.spec.name == name)
+        {
+            return false;
+        }
+        let Some(route) = given("route") else {
+            return true;
+        };
+        let backends = || {
+            self.routes
+                .iter()
+                .filter(move |r| r.spec.name == route)
+                .flat_map(|r| r.backends.iter())
+        };
+        if backends().next().is_none() {
+            return false;
+        }
+        for name in ["from_backend", "to_backend"] {
+            if let Some(b) = given(name)
+                && !backends().any(|s| s.labels[1] == b)
+            {
+                return false;
+            }
+        }
+        if let Some(m) = given("gen_ai_request_model")
+            && !backends().any(|s| s.labels[5] == m)
+        {
+            return false;
+        }
+        if let Some(v) = given("variant")
+            && !backends().any(|s| s.labels[4] == v)
+        {
+            return false;
+        }
+        let Some(backend) = given("backend") else {
+            return true;
+        };
+        let same = |s: &BackendState| {
+            s.labels[1] == backend
+                && [
+                    (6, "gen_ai_provider_name"),
+                    (3, "gen_ai_response_model"),
+                    (5, "gen_ai_request_model"),
+                ]
+                .iter()
+                .all(|(i, name)| get(name).is_none_or(|v| v == s.labels[*i]))
+        };
+        backends().any(|s| same(s))
+    }
+
     /// Every model name served, sorted, for error messages.
     pub fn model_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.models.keys().map(String::as_str).collect();
@@ -225,6 +307,7 @@ pub fn build(
                 let state = match carry.backends.get(&key) {
                     Some(s)
                         if s.spec == *b
+                            && s.labels[5] == r.model
                             && s.breaker_config()
                                 == (r.breaker.consecutive_failures, r.breaker.cooldown_ms) =>
                     {
@@ -334,6 +417,8 @@ fn new_backend(
         b.provider.as_str().to_string(),
         b.model.clone(),
         b.variant.clone(),
+        r.model.clone(),
+        crate::metrics::gen_ai_provider(b.provider).to_string(),
     ];
     BackendState {
         spec: b.clone(),

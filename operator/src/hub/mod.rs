@@ -52,6 +52,8 @@ pub struct Published {
     /// Deltas to this snapshot, encoded, by base version: one encoding per base, shared by
     /// every pod moving from that base.
     deltas: Mutex<Vec<(String, Bytes)>>,
+    /// When it was assembled: the start of its fan-out to sidecars.
+    assembled: tokio::time::Instant,
 }
 
 /// `value` as JSON, in a buffer no larger than the JSON, written into one of about `hint`
@@ -92,7 +94,13 @@ impl Published {
             routes,
             content,
             deltas: Mutex::new(Vec::new()),
+            assembled: tokio::time::Instant::now(),
         }
+    }
+
+    /// Time since it was assembled.
+    pub fn age(&self) -> Duration {
+        self.assembled.elapsed()
     }
 
     /// This snapshot as a delta from `base`, encoded once per base.

@@ -89,7 +89,7 @@ impl Procs {
 
 /// Operator series whose change over a phase is reported.
 const SERIES: [&str; 9] = [
-    "llmesh_operator_polls_total",
+    "llmesh_operator_snapshot_polls_total",
     "llmesh_operator_token_reviews_total",
     "llmesh_operator_route_compiles_total",
     "llmesh_operator_snapshots_encoded_total",

@@ -374,11 +374,11 @@ impl BudgetState {
 /// larger or unknown: a bounded estimate, so one request does not hold the whole allowance.
 pub const DEFAULT_OUTPUT_ESTIMATE: u32 = 4_096;
 
-/// Output tokens to reserve: the request's own limit, else the bounded estimate.
+/// Output tokens to reserve: the request's own limit (no more than the model can produce), else
+/// the bounded estimate.
 fn estimate(max_tokens: Option<u32>, model_cap: Option<u32>) -> u64 {
-    u64::from(max_tokens.unwrap_or_else(|| {
-        model_cap.map_or(DEFAULT_OUTPUT_ESTIMATE, |c| c.min(DEFAULT_OUTPUT_ESTIMATE))
-    }))
+    let cap = |n: u32| model_cap.map_or(n, |c| n.min(c));
+    u64::from(max_tokens.map_or_else(|| cap(DEFAULT_OUTPUT_ESTIMATE), cap))
 }
 
 fn period_word(p: BudgetPeriod) -> &'static str {

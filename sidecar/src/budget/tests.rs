@@ -246,8 +246,10 @@ fn a_clamp_is_never_above_the_models_output_limit() {
         BudgetPeriod::Day,
         BudgetAction::Reject,
     );
-    let (a, _) = b.admit(None, 0, Some(100_000), MINI_CAP, &MINI, T0);
+    let (a, r) = b.admit(None, 0, Some(100_000), MINI_CAP, &MINI, T0);
     assert_eq!(a, Admission::Allow { max_tokens: None });
+    // It holds what the model can produce, not the 100,000 it asked for.
+    assert_eq!(r.unwrap().cost, cost_of(16_384, MINI.output));
     let b = budget(Some(30_000), None, BudgetPeriod::Day, BudgetAction::Reject);
     // 30,000 micro-dollars pays for 50,000 output tokens: the client's 100,000 becomes 16,384.
     let (a, _) = b.admit(None, 0, Some(100_000), MINI_CAP, &MINI, T0);

@@ -35,9 +35,9 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   $own_policy && rm -f /usr/sbin/policy-rc.d
 fi
-for bin in llmesh-sidecar; do
-  [[ -x "$TARGET/debug/$bin" ]] || fail "$TARGET/debug/$bin missing: run cargo build --bins first"
-done
+if [[ ! -x "$TARGET/debug/llmesh-sidecar" || ! -x "$TARGET/debug/llmesh-testenv" || ! -x "$TARGET/debug/llmesh-operator" ]]; then
+  (cd "$REPO" && cargo build -q -p llmesh-sidecar -p llmesh-testenv -p llmesh-operator --bins)
+fi
 
 WORK=$(mktemp -d -t llmesh-prom-XXXXXX)
 pids=()
@@ -98,8 +98,8 @@ ok "two sidecars serving, /metrics on their admin ports ${admins[*]}"
 # --- the operator (a real kube-apiserver and etcd, as scripts/demo-k8s.sh runs it) ------------
 export LLMESH_CACHE=${LLMESH_CACHE:-$REPO/.cache}
 K=$LLMESH_CACHE/bin/kubectl HELM=$LLMESH_CACHE/bin/helm
-for f in "$K" "$HELM" "$TARGET/debug/llmesh-testenv" "$TARGET/debug/llmesh-operator"; do
-  [[ -x "$f" ]] || fail "$f missing: run tests/controlplane/install.sh and cargo build --bins first (tests/run-all.sh does both)"
+for f in "$K" "$HELM"; do
+  [[ -x "$f" ]] || fail "$f missing: run tests/controlplane/install.sh first (tests/run-all.sh does)"
 done
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local until=$(($(date +%s) + $1)) what=$2; shift 2

@@ -161,7 +161,7 @@ def nondefault(items):
     expect((ep.get("port"), ep.get("path"), ep.get("interval")) == ("admin", "/metrics", "15s"), f"ServiceMonitor endpoint {ep}")
     pr = need(items, "PrometheusRule", name, ns)
     groups = [g["name"] for g in pr["spec"].get("groups", [])]
-    expect(groups == ["llmesh-chart-test"], f"PrometheusRule groups {groups}")
+    expect(groups == ["llmesh", "llmesh-chart-test"], f"PrometheusRule groups {groups}")
     cm = need(items, "ConfigMap", "llmesh-dashboard-chart-test", "grafana")
     expect(cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1", "dashboard ConfigMap label")
     expect(cm["metadata"].get("annotations", {}).get("grafana_folder") == "llmesh", "dashboard ConfigMap annotations")

@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::budget::{BudgetState, Reservation};
 use crate::metrics::Sink;
 use crate::providers::{Op, Usage};
-use crate::runtime::{InFlight, Runtime};
+use crate::runtime::{BackendState, InFlight, Runtime};
 
 /// One request in progress.
 pub struct Ticket {
@@ -140,12 +140,16 @@ impl Ticket {
         }
     }
 
+    /// The backend that answered (or is being tried), once one is chosen.
+    pub fn backend_state(&self) -> Option<&BackendState> {
+        let (rt, r, b) = (self.rt.as_ref()?, self.route?, self.backend?);
+        Some(&rt.routes[r].backends[b])
+    }
+
     /// The cost of `usage` on the answering backend, micro-dollars.
     pub fn cost(&self, usage: &Usage) -> u64 {
-        match (&self.rt, self.route, self.backend) {
-            (Some(rt), Some(r), Some(b)) => usage.cost(&rt.routes[r].backends[b].spec.prices),
-            _ => 0,
-        }
+        self.backend_state()
+            .map_or(0, |b| usage.cost(&b.spec.prices))
     }
 
     /// Ends the request: `usage` is what the provider reported (or None), `error` a reason label

@@ -164,10 +164,9 @@ pub struct Relay {
 }
 
 /// The key of the backend a ticket's stream comes from.
-fn backend_key<'a>(ticket: &Option<&'a Ticket>) -> Option<&'a str> {
-    let t = (*ticket)?;
-    let (rt, r, b) = (t.rt.as_ref()?, t.route?, t.backend?);
-    rt.routes[r].backends[b]
+fn backend_key(ticket: Option<&Ticket>) -> Option<&str> {
+    ticket?
+        .backend_state()?
         .spec
         .api_key
         .as_ref()
@@ -175,7 +174,7 @@ fn backend_key<'a>(ticket: &Option<&'a Ticket>) -> Option<&'a str> {
 }
 
 /// A chunk as the client may see it: one that carries the backend's key has it redacted.
-fn scrubbed(c: Chunk, ticket: &Option<&Ticket>) -> Chunk {
+fn scrubbed(c: Chunk, ticket: Option<&Ticket>) -> Chunk {
     match c {
         Chunk::Data(d) => Chunk::Data(crate::providers::scrub_answer(d, backend_key(ticket))),
         done => done,
@@ -192,7 +191,7 @@ impl Relay {
     ) -> Self {
         let mut pending = VecDeque::new();
         for c in start.head {
-            encoder.chunk(scrubbed(c, &Some(&ticket)), &mut pending);
+            encoder.chunk(scrubbed(c, Some(&ticket)), &mut pending);
         }
         let mut relay = Self {
             pending,
@@ -216,9 +215,9 @@ impl Relay {
 
     fn count_error(&self, reason: &'static str) {
         if let Some(t) = &self.ticket
-            && let (Some(rt), Some(r), Some(b)) = (&t.rt, t.route, t.backend)
+            && let Some(b) = t.backend_state()
         {
-            let labels = &rt.routes[r].backends[b].labels;
+            let labels = &b.labels;
             t.app
                 .metrics
                 .stream_errors
@@ -239,7 +238,7 @@ impl Relay {
 
     fn fail(&mut self, reason: &'static str, message: &str) {
         self.count_error(reason);
-        let message = crate::providers::redact(message, backend_key(&self.ticket.as_ref()));
+        let message = crate::providers::redact(message, backend_key(self.ticket.as_ref()));
         self.encoder.error(
             &format!("llmesh: the upstream stream failed after it started: {message}"),
             &mut self.pending,
@@ -259,7 +258,7 @@ impl Relay {
             if let Err(e) = self.decoder.event(ev, &mut self.chunks) {
                 for c in self.chunks.drain(..) {
                     self.encoder
-                        .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
+                        .chunk(scrubbed(c, self.ticket.as_ref()), &mut self.pending);
                 }
                 let (reason, message) = (e.reason, e.message);
                 self.fail(reason, &message);
@@ -270,7 +269,7 @@ impl Relay {
         for c in self.chunks.drain(..) {
             done |= c == Chunk::Done;
             self.encoder
-                .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
+                .chunk(scrubbed(c, self.ticket.as_ref()), &mut self.pending);
         }
         if done {
             self.ended();
@@ -289,7 +288,7 @@ impl Relay {
         let result = self.decoder.finish(&mut self.chunks);
         for c in self.chunks.drain(..) {
             self.encoder
-                .chunk(scrubbed(c, &self.ticket.as_ref()), &mut self.pending);
+                .chunk(scrubbed(c, self.ticket.as_ref()), &mut self.pending);
         }
         match result {
             Ok(()) => self.ended(),

@@ -568,6 +568,43 @@ pub async fn apply(env: &Env, ns: &str, yaml: &str) -> Result<std::process::Outp
         .await
 }
 
+/// A route `private-model` in `ns` whose only backend reads `key` from the Secret `upstream`
+/// (created here), pointing nowhere: what a test needs to see who receives the key.
+pub async fn secret_and_route(env: &Env, ns: &str, key: &str) -> Result<()> {
+    let out = env
+        .cp
+        .kubectl([
+            "create",
+            "secret",
+            "generic",
+            "upstream",
+            "-n",
+            ns,
+            &format!("--from-literal=api-key={key}"),
+        ])
+        .await?;
+    if !out.status.success() {
+        bail!("creating the Secret: {}", output_text(&out));
+    }
+    let route = "
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata: {name: private-model}
+spec:
+  backends:
+    - name: upstream
+      provider: openaiCompatible
+      model: llama-3.1-8b-instruct
+      baseUrl: http://127.0.0.1:9/v1
+      secretRef: {name: upstream, key: api-key}
+";
+    let out = apply(env, ns, route).await?;
+    if !out.status.success() {
+        bail!("applying the route: {}", output_text(&out));
+    }
+    Ok(())
+}
+
 /// Waits until the webhook configuration carries the operator's CA (the leader applies it).
 pub async fn webhook_ready(env: &Env) -> Result<()> {
     webhook_ready_for(env, OPERATOR_TLS).await

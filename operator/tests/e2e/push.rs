@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::harness::{
     Operator, Sidecar, apply, env, eventually, fetch_snapshot, http_get, injected_pod_token,
-    output_text, serial, webhook_ready,
+    output_text, secret_and_route, serial, webhook_ready,
 };
 
 const ROUTE: &str = "
@@ -172,37 +172,7 @@ async fn a_sidecar_receives_nothing_from_another_namespace() -> Result<()> {
 
     // Team A: a Secret and a route that reads it.
     let a = env.cp.create_namespace("team-a").await?;
-    let out = env
-        .cp
-        .kubectl([
-            "create",
-            "secret",
-            "generic",
-            "upstream",
-            "-n",
-            &a,
-            &format!("--from-literal=api-key={KEY}"),
-        ])
-        .await?;
-    assert!(out.status.success(), "{}", output_text(&out));
-    let out = apply(
-        env,
-        &a,
-        "
-apiVersion: llmesh.io/v1alpha1
-kind: LLMRoute
-metadata: {name: private-model}
-spec:
-  backends:
-    - name: upstream
-      provider: openaiCompatible
-      model: llama-3.1-8b-instruct
-      baseUrl: http://127.0.0.1:9/v1
-      secretRef: {name: upstream, key: api-key}
-",
-    )
-    .await?;
-    assert!(out.status.success(), "{}", output_text(&out));
+    secret_and_route(env, &a, KEY).await?;
     let (_pa, token_a) = injected_pod_token(env, &a, "web").await?;
     let (code, body) = eventually(
         "team A snapshot has its route",

@@ -11,8 +11,8 @@ use llmesh_testenv::CHART_RBAC_TEMPLATES;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Env, Operator, SYSTEM_NS, apply, env, eventually, fetch_snapshot_trusting, injected_pod_token,
-    output_text, serial, webhook_ready_for,
+    Env, Operator, SYSTEM_NS, env, eventually, fetch_snapshot_trusting, injected_pod_token,
+    output_text, secret_and_route, serial, webhook_ready_for,
 };
 use crate::rbac::can_i_as;
 
@@ -60,43 +60,6 @@ async fn render(env: &Env, namespaces: &[&str]) -> Result<(String, Vec<String>)>
         .context("LLMESH_SECRET_NAMESPACES on the Deployment")?;
     flags.push(format!("--secret-namespaces={listed}"));
     Ok((rbac, flags))
-}
-
-const ROUTE: &str = "
-apiVersion: llmesh.io/v1alpha1
-kind: LLMRoute
-metadata: {name: private-model}
-spec:
-  backends:
-    - name: upstream
-      provider: openaiCompatible
-      model: llama-3.1-8b-instruct
-      baseUrl: http://127.0.0.1:9/v1
-      secretRef: {name: upstream, key: api-key}
-";
-
-async fn secret_and_route(ns: &str, key: &str) -> Result<()> {
-    let env = env().await;
-    let out = env
-        .cp
-        .kubectl([
-            "create",
-            "secret",
-            "generic",
-            "upstream",
-            "-n",
-            ns,
-            &format!("--from-literal=api-key={key}"),
-        ])
-        .await?;
-    if !out.status.success() {
-        bail!("creating the Secret: {}", output_text(&out));
-    }
-    let out = apply(env, ns, ROUTE).await?;
-    if !out.status.success() {
-        bail!("applying the route: {}", output_text(&out));
-    }
-    Ok(())
 }
 
 /// The route's `ResolvedRefs` condition for its current generation, once written.
@@ -177,8 +140,8 @@ async fn with_namespaced_rbac_the_operator_reads_secrets_only_in_listed_namespac
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 
-    secret_and_route(&listed, KEY_A).await?;
-    secret_and_route(&unlisted, KEY_B).await?;
+    secret_and_route(env, &listed, KEY_A).await?;
+    secret_and_route(env, &unlisted, KEY_B).await?;
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut op = Operator::start_as(env, NARROW, &flags).await?;
     webhook_ready_for(env, &tls).await?;

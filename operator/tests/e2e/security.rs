@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::harness::{
-    Operator, apply, create_pod, env, eventually, fetch_snapshot, injected_pod_token, output_text,
+    Operator, create_pod, env, eventually, fetch_snapshot, injected_pod_token, secret_and_route,
     serial, service_account, webhook_ready,
 };
 
@@ -18,41 +18,7 @@ const KEY: &str = "sk-security-TOPSECRET-2323";
 async fn namespace_with_a_key(prefix: &str) -> Result<String> {
     let env = env().await;
     let ns = env.cp.create_namespace(prefix).await?;
-    let out = env
-        .cp
-        .kubectl([
-            "create",
-            "secret",
-            "generic",
-            "upstream",
-            "-n",
-            &ns,
-            &format!("--from-literal=api-key={KEY}"),
-        ])
-        .await?;
-    if !out.status.success() {
-        bail!("creating the Secret: {}", output_text(&out));
-    }
-    let out = apply(
-        env,
-        &ns,
-        "
-apiVersion: llmesh.io/v1alpha1
-kind: LLMRoute
-metadata: {name: private-model}
-spec:
-  backends:
-    - name: upstream
-      provider: openaiCompatible
-      model: llama-3.1-8b-instruct
-      baseUrl: http://127.0.0.1:9/v1
-      secretRef: {name: upstream, key: api-key}
-",
-    )
-    .await?;
-    if !out.status.success() {
-        bail!("applying the route: {}", output_text(&out));
-    }
+    secret_and_route(env, &ns, KEY).await?;
     Ok(ns)
 }
 

@@ -215,7 +215,9 @@ impl BudgetLedger {
     }
 
     fn charge_user(&mut self, user: &str, spend: &Spend) {
-        if let Some(s) = self.users.get_mut(user) {
+        if user == OTHER_USERS {
+            self.other_users.add(spend);
+        } else if let Some(s) = self.users.get_mut(user) {
             s.add(spend);
         } else if self.users.len() < MAX_USERS {
             self.users.insert(user.to_string(), *spend);
@@ -274,6 +276,85 @@ impl BudgetLedger {
         self.reporters
             .retain(|_, r| now.saturating_sub(r.at) < REPORTER_TTL_SECS);
         before - self.reporters.len()
+    }
+}
+
+/// Distinct (budget, period, user) keys a sidecar accumulates between reports; further user keys
+/// are reported under [`OTHER_USERS`] (totals stay exact, the per-user split of the excess is
+/// lost). Reached only with the operator away and many distinct users.
+pub const MAX_PENDING_KEYS: usize = 10_000;
+
+/// The user key under which spend beyond [`MAX_PENDING_KEYS`] is reported.
+pub const OTHER_USERS: &str = "(other users)";
+
+/// A sidecar's side of the report protocol: it records spend as requests settle, and hands out
+/// the report to send (the unacknowledged one again, until [`Outbox::ack`]).
+#[derive(Debug)]
+pub struct Outbox {
+    reporter: String,
+    next_seq: u64,
+    in_flight: Option<UsageReport>,
+    pending: BTreeMap<(String, u64, Option<String>), Spend>,
+}
+
+impl Outbox {
+    /// An empty outbox for the process `reporter` (its first report is `seq` 1).
+    pub fn new(reporter: impl Into<String>) -> Self {
+        Self {
+            reporter: reporter.into(),
+            next_seq: 1,
+            in_flight: None,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Adds spend against `budget` in the period starting at `period_start`.
+    pub fn record(&mut self, budget: &str, period_start: u64, user: Option<&str>, spend: Spend) {
+        let mut key = (budget.to_string(), period_start, user.map(str::to_string));
+        if key.2.is_some()
+            && !self.pending.contains_key(&key)
+            && self.pending.len() >= MAX_PENDING_KEYS
+        {
+            key.2 = Some(OTHER_USERS.to_string());
+        }
+        self.pending.entry(key).or_default().add(&spend);
+    }
+
+    /// The report to send now: the unacknowledged one, unchanged; else one made of everything
+    /// recorded since (numbered next); `None` when there is nothing to report.
+    pub fn next(&mut self) -> Option<&UsageReport> {
+        if self.in_flight.is_none() && !self.pending.is_empty() {
+            let entries = std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|((budget, period_start, user), spend)| UsageEntry {
+                    budget,
+                    period_start,
+                    user,
+                    spend,
+                })
+                .collect();
+            self.in_flight = Some(UsageReport {
+                reporter: self.reporter.clone(),
+                seq: self.next_seq,
+                entries,
+            });
+            self.next_seq += 1;
+        }
+        self.in_flight.as_ref()
+    }
+
+    /// The operator persisted report `seq`: it is done. Any other number changes nothing.
+    pub fn ack(&mut self, seq: u64) -> bool {
+        if self.in_flight.as_ref().is_some_and(|r| r.seq == seq) {
+            self.in_flight = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether everything recorded has been acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_none() && self.pending.is_empty()
     }
 }
 

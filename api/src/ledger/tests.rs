@@ -344,3 +344,109 @@ fn the_wire_format_is_camel_case_with_spend_flattened() {
     );
     assert_eq!(serde_json::from_value::<UsageReport>(json).unwrap(), r);
 }
+
+#[test]
+fn an_outbox_resends_the_same_report_until_acknowledged() {
+    let mut out = Outbox::new("pod-a/n1");
+    assert!(out.next().is_none() && out.is_empty(), "nothing to report");
+    out.record("team", D1, None, spend(100, 1, 2));
+    out.record("team", D1, None, spend(50, 1, 1));
+    out.record("per-user", D1, Some("bob"), spend(7, 0, 1));
+    let first = out.next().cloned().unwrap();
+    assert_eq!(first.seq, 1);
+    assert_eq!(
+        first.entries,
+        vec![
+            entry("per-user", D1, Some("bob"), spend(7, 0, 1)),
+            entry(
+                "team",
+                D1,
+                None,
+                Spend {
+                    micro_usd: 150,
+                    input_tokens: 2,
+                    output_tokens: 3,
+                    requests: 2
+                }
+            ),
+        ]
+    );
+    // Spend recorded while report 1 is unacknowledged waits for report 2.
+    out.record("team", D1, None, spend(1, 0, 0));
+    assert_eq!(out.next(), Some(&first), "a resend is the same report");
+    assert!(!out.ack(2), "a wrong number acknowledges nothing");
+    assert!(out.ack(1));
+    assert!(!out.ack(1), "acknowledged once");
+    let second = out.next().cloned().unwrap();
+    assert_eq!(
+        (second.seq, second.entries.clone()),
+        (2, vec![entry("team", D1, None, spend(1, 0, 0))])
+    );
+    assert!(out.ack(2) && out.is_empty() && out.next().is_none());
+}
+
+#[test]
+fn an_outbox_and_a_ledger_count_every_micro_dollar_once_through_lost_acks() {
+    // Two sidecars, each losing every other acknowledgement; the ledger sees every report at
+    // least twice, and counts exactly what was recorded.
+    let mut ledger = BudgetLedger::new(D1);
+    let mut boxes = [Outbox::new("a"), Outbox::new("b")];
+    let mut recorded = 0u64;
+    for round in 0..50u64 {
+        for (i, out) in boxes.iter_mut().enumerate() {
+            let cost = round * 7 + i as u64;
+            out.record("t", D1, None, spend(cost, 0, 0));
+            recorded += cost;
+            let report = out.next().cloned().unwrap();
+            ledger.apply("t", &report, D1, round);
+            ledger.apply("t", &report, D1, round); // a resend that reached another replica
+            if round % 2 == 0 {
+                out.ack(report.seq);
+            }
+        }
+    }
+    for out in &mut boxes {
+        while let Some(report) = out.next().cloned() {
+            ledger.apply("t", &report, D1, 99);
+            out.ack(report.seq);
+        }
+    }
+    assert_eq!(ledger.total.micro_usd, recorded);
+    assert_eq!(ledger.total.requests, 100);
+}
+
+#[test]
+fn an_outbox_bounds_its_user_keys_without_losing_spend() {
+    let mut out = Outbox::new("a");
+    for i in 0..MAX_PENDING_KEYS + 5 {
+        out.record("t", D1, Some(&format!("u{i}")), spend(1, 0, 0));
+    }
+    out.record("t", D1, Some("u0"), spend(1, 0, 0)); // a known key keeps its own entry
+    let report = out.next().unwrap();
+    assert_eq!(report.entries.len(), MAX_PENDING_KEYS + 1);
+    let other = report
+        .entries
+        .iter()
+        .find(|e| e.user.as_deref() == Some(OTHER_USERS))
+        .unwrap();
+    assert_eq!(other.spend.micro_usd, 5);
+    let total: u64 = report.entries.iter().map(|e| e.spend.micro_usd).sum();
+    assert_eq!(total, MAX_PENDING_KEYS as u64 + 6);
+}
+
+#[test]
+fn spend_a_sidecar_could_not_split_by_user_lands_with_the_other_users() {
+    let mut l = BudgetLedger::new(D1);
+    l.apply(
+        "t",
+        &report(
+            "a",
+            1,
+            vec![entry("t", D1, Some(OTHER_USERS), spend(9, 0, 0))],
+        ),
+        D1,
+        1,
+    );
+    assert!(l.users.is_empty());
+    assert_eq!((l.other_users.micro_usd, l.total.micro_usd), (9, 9));
+}

@@ -2,7 +2,7 @@
 # Builds the llmesh-operator and llmesh-sidecar OCI images from the release binaries, with
 # buildah and no base image, and writes them as OCI archives (docs/images.md):
 #
-#   scripts/build-images.sh [OUT_DIR]        # default OUT_DIR: dist/images
+#   scripts/build-images.sh [OUT_DIR]        # default OUT_DIR: target/images (git ignores it)
 #
 # writes OUT_DIR/llmesh-operator-VERSION.oci.tar and OUT_DIR/llmesh-sidecar-VERSION.oci.tar,
 # named REGISTRY/llmesh-operator:VERSION and REGISTRY/llmesh-sidecar:VERSION inside the archive
@@ -24,7 +24,7 @@
 # Needs buildah (Debian: apt-get install buildah) and root (or `buildah unshare`).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${1:-$REPO/dist/images}
+OUT=${1:-$REPO/target/images}
 REGISTRY=${REGISTRY:-ghcr.io/llmesh}
 UID_GID=65532
 

@@ -79,7 +79,7 @@ print(ws["version"], ws["repository"],
 PY
 )
 [[ -n ${SC_REF:-} ]] || fail "cannot read the version and image names from Cargo.toml and the chart"
-REVISION=$(git -C "$REPO" rev-parse HEAD)
+REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 OP_TAR=$WORK/images/llmesh-operator-$VERSION.oci.tar
 SC_TAR=$WORK/images/llmesh-sidecar-$VERSION.oci.tar
 grep -qx "$OP_REF llmesh-operator-$VERSION.oci.tar [0-9]*" "$WORK/images/images.txt" || fail "images.txt does not name $OP_REF: $(cat "$WORK/images/images.txt")"

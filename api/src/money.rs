@@ -46,10 +46,11 @@ pub fn format_usd(micro: MicroUsd) -> String {
 }
 
 /// Cost of `tokens` at `price_per_million` micro-dollars per 1M tokens, in micro-dollars,
-/// rounded half up. Exact integer arithmetic (u128 for the product).
+/// rounded half up. Exact integer arithmetic (u128 for the product); a cost past `u64::MAX`
+/// micro-dollars (only absurd usage or prices reach it) saturates instead of wrapping.
 pub fn cost_of(tokens: u64, price_per_million: MicroUsd) -> MicroUsd {
     let product = u128::from(tokens) * u128::from(price_per_million);
-    ((product + 500_000) / 1_000_000) as MicroUsd
+    MicroUsd::try_from((product + 500_000) / 1_000_000).unwrap_or(MicroUsd::MAX)
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ pub struct Prices {
 impl Prices {
     /// Input price averaged with output price: one number to compare backends by.
     pub fn blended(&self) -> MicroUsd {
-        (self.input + self.output) / 2
+        // In u128: the sum of two prices may pass u64::MAX, their mean never does.
+        ((u128::from(self.input) + u128::from(self.output)) / 2) as MicroUsd
     }
 }
 

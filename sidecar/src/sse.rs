@@ -56,7 +56,10 @@ impl SseParser {
     /// Ends the stream: a final event without its blank line is still delivered.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.buf.is_empty() {
-            let line = self.buf.split();
+            // A lone `\r` left at the end was held back as a possible `\r\n`: it ends the line.
+            let line = self
+                .buf
+                .split_to(self.buf.len() - usize::from(self.buf.ends_with(b"\r")));
             self.line(line, out);
         }
         self.dispatch(out);

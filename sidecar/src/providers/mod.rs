@@ -62,20 +62,20 @@ impl Usage {
     /// Uncached, unwritten prompt tokens.
     pub fn uncached_input(&self) -> u64 {
         self.prompt
-            .saturating_sub(self.cached_input + self.cache_write)
+            .saturating_sub(self.cached_input.saturating_add(self.cache_write))
     }
 
     /// Prompt plus completion.
     pub fn total(&self) -> u64 {
-        self.prompt + self.output
+        self.prompt.saturating_add(self.output)
     }
 
     /// Cost in micro-dollars at `prices`, each token class at its own price.
     pub fn cost(&self, prices: &Prices) -> MicroUsd {
         cost_of(self.uncached_input(), prices.input)
-            + cost_of(self.cached_input, prices.cached_input)
-            + cost_of(self.cache_write, prices.cache_write)
-            + cost_of(self.output, prices.output)
+            .saturating_add(cost_of(self.cached_input, prices.cached_input))
+            .saturating_add(cost_of(self.cache_write, prices.cache_write))
+            .saturating_add(cost_of(self.output, prices.output))
     }
 }
 

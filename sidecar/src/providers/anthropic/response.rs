@@ -46,7 +46,11 @@ impl MessagesUsage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let write = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {
-            prompt: self.input_tokens.unwrap_or(0) + read + write,
+            prompt: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(read)
+                .saturating_add(write),
             cached_input: read,
             cache_write: write,
             output: self.output_tokens.unwrap_or(0),

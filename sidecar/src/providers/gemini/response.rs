@@ -135,8 +135,10 @@ impl UsageMetadata {
             prompt: self.prompt_token_count.unwrap_or(0),
             cached_input: self.cached_content_token_count.unwrap_or(0),
             cache_write: 0,
-            output: self.candidates_token_count.unwrap_or(0)
-                + self.thoughts_token_count.unwrap_or(0),
+            output: self
+                .candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(self.thoughts_token_count.unwrap_or(0)),
             estimated: false,
         }
     }

@@ -14,10 +14,9 @@ use serde_json::{Value, json};
 
 use llmesh_api::manifest::{self, LocalSecrets};
 use llmesh_api::snapshot::Backend;
-
-use crate::App;
-use crate::handler::handle;
-use crate::transport::{BoxError, ResponseFuture, Transport, TransportFactory};
+use llmesh_sidecar::App;
+use llmesh_sidecar::handler::handle;
+use llmesh_sidecar::transport::{BoxError, ResponseFuture, Transport, TransportFactory};
 
 const CONFIG: &str = r#"
 apiVersion: llmesh.io/v1alpha1

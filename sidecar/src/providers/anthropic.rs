@@ -9,8 +9,6 @@
 //! or is dropped when it only tunes sampling (`seed`, penalties, `logit_bias`). docs/providers.md
 //! lists each field.
 
-#[cfg(test)]
-mod e2e;
 mod native;
 mod request;
 mod response;

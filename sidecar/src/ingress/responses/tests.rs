@@ -1,14 +1,8 @@
-//! Golden files for the Responses translation (`tests/fixtures/responses/*.json`), and the
-//! store-backed behaviour (`previous_response_id`, `item_reference`, `store: false`).
-//!
-//! Each fixture holds a Responses `request` and what it must become: `chat_request` (the chat
-//! body sent upstream) or `error` (status and body); with `chat_response` (an upstream chat
-//! completion), the `response` object; with `chunks` (upstream chat chunks, `"[DONE]"` for the
-//! end, then an optional `stream_error`), the `events` written to the client. Run with
-//! `UPDATE_GOLDEN=1` to rewrite the expectations after a deliberate change, and read the diff.
+//! The store-backed behaviour of the Responses translation (`previous_response_id`,
+//! `item_reference`, `store: false`). The golden files (`tests/fixtures/responses/*.json`) run
+//! in the `golden` test binary.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +13,6 @@ use super::{Ids, Store, request};
 use crate::error::ErrorFormat;
 use crate::providers::Chunk;
 use crate::relay::StreamEncoder;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/responses");
 
 fn ids() -> Ids {
     Ids::fixed("0123456789abcdef", 1_700_000_000)
@@ -68,72 +60,6 @@ fn stream(pending: super::Pending, chunks: &[Value], error: Option<&str>) -> Vec
         enc.error(m, &mut out);
     }
     events(out)
-}
-
-fn check(name: &str, case: &mut Value, key: &str, actual: Value, update: bool) {
-    if update {
-        case[key] = actual;
-    } else {
-        assert_eq!(
-            actual,
-            case[key],
-            "{name}: `{key}` differs from the golden file (UPDATE_GOLDEN=1 rewrites it); actual:\n{}",
-            serde_json::to_string_pretty(&actual).unwrap()
-        );
-    }
-}
-
-fn run(path: &Path, update: bool) {
-    let name = path.file_name().unwrap().to_string_lossy().to_string();
-    let mut case: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let request = object(&case["request"]);
-    match request::translate(request.clone(), &store(), ids()) {
-        Err(e) => {
-            let body: Value = serde_json::from_slice(&e.body(ErrorFormat::OpenAi)).unwrap();
-            let actual = json!({"status": e.status.as_u16(), "body": body});
-            check(&name, &mut case, "error", actual, update);
-        }
-        Ok((chat, pending)) => {
-            check(
-                &name,
-                &mut case,
-                "chat_request",
-                Value::Object(chat),
-                update,
-            );
-            if let Some(upstream) = case.get("chat_response").cloned() {
-                let r = pending
-                    .complete(upstream.to_string().as_bytes(), None)
-                    .unwrap();
-                check(&name, &mut case, "response", r, update);
-            }
-            if let Some(chunks) = case.get("chunks").and_then(Value::as_array).cloned() {
-                let (_, pending) = request::translate(request, &store(), ids()).unwrap();
-                let error = case.get("stream_error").and_then(Value::as_str);
-                let ev = stream(pending, &chunks, error);
-                check(&name, &mut case, "events", Value::Array(ev), update);
-            }
-        }
-    }
-    if update {
-        let text = serde_json::to_string_pretty(&case).unwrap() + "\n";
-        std::fs::write(path, text).unwrap();
-    }
-}
-
-#[test]
-fn golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut paths: Vec<_> = std::fs::read_dir(FIXTURES)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    for p in &paths {
-        run(p, update);
-    }
-    assert!(paths.len() >= 10, "fixtures went missing: {paths:?}");
 }
 
 fn completion(content: Value, tool_calls: Option<Value>, finish: &str) -> Vec<u8> {

@@ -1,17 +1,10 @@
-//! Golden fixtures under `tests/fixtures/anthropic/` (`UPDATE_GOLDEN=1` rewrites expectations):
-//! - `req_<case>.openai.json` (an OpenAI request) -> `req_<case>.expected.json` (URL and Messages body);
-//! - `<case>.response.json` (a Messages answer) -> `<case>.openai.json` (the OpenAI body and the
-//!   normalised usage, or the classified error);
-//! - `<case>.sse` (a whole Messages stream) -> `<case>.chunks.json` (the OpenAI chunks, the
-//!   stream's end and the usage), identical whichever way the bytes are split. Cases named
-//!   `*_usage` stream as for a client that asked for `stream_options.include_usage`.
+//! Error classification and the finer points of the translation. The golden fixtures
+//! (`tests/fixtures/anthropic/`) run in the `golden` test binary.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
 use llmesh_api::ProviderKind;
@@ -49,46 +42,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/anthropic")
 }
 
-fn cases(suffix: &str) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(fixtures())
-        .expect("fixture directory")
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(suffix)?
-                .to_string();
-            Some((name, path))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Compares with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
-fn golden(path: &Path, actual: &Value) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let mut text = serde_json::to_string_pretty(actual).expect("json");
-        text.push('\n');
-        std::fs::write(path, text).expect("write golden");
-        return;
-    }
-    let expected = read_json(path);
-    assert_eq!(
-        actual,
-        &expected,
-        "{} differs; actual:\n{}",
-        path.display(),
-        serde_json::to_string_pretty(actual).unwrap_or_default()
-    );
-}
-
 fn error_json(e: &UpstreamError) -> Value {
     json!({"error": {"class": format!("{:?}", e.class), "reason": e.reason, "message": e.message}})
 }
@@ -103,52 +56,6 @@ fn usage_json(u: Option<Usage>) -> Value {
             "output": u.output,
             "estimated": u.estimated,
         }),
-    }
-}
-
-fn body_bytes(req: http::Request<http_body_util::Full<Bytes>>) -> Bytes {
-    futures::executor::block_on(req.into_body().collect())
-        .map(|c| c.to_bytes())
-        .unwrap_or_default()
-}
-
-#[test]
-fn golden_requests() {
-    let list: Vec<_> = cases(".openai.json")
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("req_"))
-        .collect();
-    assert!(list.len() >= 6, "request fixtures missing");
-    for (name, input) in list {
-        let input = read_json(&input);
-        let body = input.as_object().expect("object body");
-        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-        let actual = match Anthropic.request(&backend(), Op::Chat, body, None, stream) {
-            Ok(req) => {
-                let url = req.uri().to_string();
-                let sent: Value = serde_json::from_slice(&body_bytes(req)).expect("json body");
-                json!({"url": url, "body": sent})
-            }
-            Err(e) => error_json(&e),
-        };
-        golden(&fixtures().join(format!("{name}.expected.json")), &actual);
-    }
-}
-
-#[test]
-fn golden_responses() {
-    let list = cases(".response.json");
-    assert!(list.len() >= 5, "response fixtures missing");
-    for (name, input) in list {
-        let raw = std::fs::read(&input).expect("fixture");
-        let actual = match decode(&raw, CREATED, Some(KEY)) {
-            Ok(d) => json!({
-                "body": serde_json::from_slice::<Value>(&d.body).expect("json"),
-                "usage": usage_json(d.usage),
-            }),
-            Err(e) => error_json(&e),
-        };
-        golden(&fixtures().join(format!("{name}.openai.json")), &actual);
     }
 }
 
@@ -198,25 +105,6 @@ fn run_stream(raw: &[u8], piece: usize, wants_usage: bool) -> Value {
         })
         .collect();
     json!({"chunks": chunks, "end": end, "usage": usage_json(decoder.usage())})
-}
-
-#[test]
-fn golden_streams_in_any_split() {
-    let list = cases(".sse");
-    assert!(list.len() >= 5, "stream fixtures missing");
-    for (name, input) in list {
-        let raw = std::fs::read(&input).expect("fixture");
-        let wants_usage = name.ends_with("_usage");
-        let whole = run_stream(&raw, 0, wants_usage);
-        for piece in [1, 2, 3, 7, 64] {
-            assert_eq!(
-                run_stream(&raw, piece, wants_usage),
-                whole,
-                "{name} split every {piece} bytes"
-            );
-        }
-        golden(&fixtures().join(format!("{name}.chunks.json")), &whole);
-    }
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -1,10 +1,5 @@
-//! Golden fixtures under `tests/fixtures/responses_native/` (`UPDATE_GOLDEN=1` rewrites the
-//! expectations), written from OpenAI's Responses API reference:
-//! - `<case>.sse` (a whole Responses event stream) -> `<case>.expected.json`: how many events
-//!   reached the client, whether they are the upstream's bytes unchanged, how the stream ended
-//!   (a proper end, a failure reported in-band, or an error that fails over / breaks the stream),
-//!   and the usage read on the side; identical whichever way the bytes are split;
-//! - `<case>.response.json` (a Response object) -> `<case>.expected.json` (the usage).
+//! The Responses passthrough's finer points, on the fixtures under
+//! `tests/fixtures/responses_native/` (their golden expectations run in the `golden` test binary).
 
 use std::path::{Path, PathBuf};
 
@@ -19,43 +14,6 @@ const KEY: &str = "sk-proj-TestKeyNotReal0123456789";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/responses_native")
-}
-
-fn cases(suffix: &str) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(fixtures())
-        .expect("fixture directory")
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(suffix)?
-                .to_string();
-            Some((name, path))
-        })
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "no `*{suffix}` fixtures");
-    out
-}
-
-/// Compares with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
-fn golden(path: &Path, actual: &Value) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let mut text = serde_json::to_string_pretty(actual).expect("json");
-        text.push('\n');
-        std::fs::write(path, text).expect("write golden");
-        return;
-    }
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let expected: Value = serde_json::from_str(&text).expect("golden JSON");
-    assert_eq!(
-        actual,
-        &expected,
-        "{} differs; actual:\n{}",
-        path.display(),
-        serde_json::to_string_pretty(actual).unwrap_or_default()
-    );
 }
 
 fn usage_json(u: Option<Usage>) -> Value {
@@ -131,39 +89,6 @@ fn run_stream(raw: &[u8], piece: usize) -> Value {
         "usage": usage_json(d.usage()),
         "output_estimate": d.output_estimate(),
     })
-}
-
-#[test]
-fn golden_streams_in_any_split() {
-    for (name, path) in cases(".sse") {
-        let raw = std::fs::read(&path).expect("fixture");
-        let whole = run_stream(&raw, 0);
-        for piece in [1, 2, 3, 7, 64, 500] {
-            assert_eq!(
-                run_stream(&raw, piece),
-                whole,
-                "{name} split every {piece} bytes"
-            );
-        }
-        golden(&fixtures().join(format!("{name}.expected.json")), &whole);
-    }
-}
-
-#[test]
-fn golden_responses() {
-    for (name, path) in cases(".response.json") {
-        let raw = std::fs::read(&path).expect("fixture");
-        let d = decode(Bytes::from(raw.clone()), Some(KEY)).expect("decodes");
-        assert_eq!(
-            &d.body[..],
-            &raw[..],
-            "{name}: the body must pass unchanged"
-        );
-        golden(
-            &fixtures().join(format!("{name}.expected.json")),
-            &json!({"usage": usage_json(d.usage)}),
-        );
-    }
 }
 
 /// Sanity checks on the fixtures themselves, so the goldens cannot silently pin nonsense.

@@ -53,19 +53,20 @@ pub async fn run(
     );
     tasks.spawn(hub.clone().run());
 
-    let tls = TlsManager::start(
-        tls::Params {
+    let source = match &settings.tls_cert_dir {
+        Some(dir) => tls::Source::Dir(dir.clone()),
+        None => tls::Source::Secret(tls::Params {
             client: client.clone(),
             namespace: settings.namespace.clone(),
             secret: settings.tls_secret.clone(),
             names: settings.tls_names(),
             validity: settings.cert_validity,
             webhook_config: Some(settings.webhook_config.clone()).filter(|w| !w.is_empty()),
-        },
-        metrics.clone(),
-    )
-    .await
-    .context("setting up the serving certificate")?;
+        }),
+    };
+    let tls = TlsManager::start(source, metrics.clone())
+        .await
+        .context("setting up the serving certificate")?;
 
     let (leader_tx, leader_rx) = watch::channel(false);
     let elector = tokio::spawn(leader::run(

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod condition;
 pub mod delta;
 pub mod duration;
+pub mod ledger;
 pub mod manifest;
 pub mod money;
 pub mod prices;

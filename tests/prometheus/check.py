@@ -60,6 +60,9 @@ def load(base, seed):
             ("broken", lambda: ask(base, "broken", f"b {i}")),
             ("doomed", lambda: ask(base, "doomed", f"d {i}", stream=True)),
             ("capped", lambda: ask(base, "capped", f"c {i}")),
+            ("providers", lambda: ask(base, "providers", f"p {i}", user=f"user-{rnd.randrange(50)}")),
+            ("providers-stream", lambda: ask(base, "providers", f"ps {i}", user=f"user-{rnd.randrange(50)}",
+                                             stream=True, stream_options={"include_usage": True})),
             ("unknown", lambda: ask(base, "no-such-model", "x")),
         ]
         for name, call in calls:
@@ -148,6 +151,17 @@ for r in [r for g in doc.get("groups", [doc]) for r in g["rules"]]:
     else:
         for n, operand in enumerate(split_operands(r["expr"])):
             checks.append((f"alert {r['alert']} operand {n + 1}", operand))
+
+# The fake providers' answers: every provider of the `providers` route has requests and counted
+# (not estimated) tokens of both types, under its GenAI provider name.
+for provider in ("openai", "anthropic", "gcp.gemini"):
+    for kind in ("input", "output"):
+        checks.append((f"route providers: {provider} {kind} tokens from real answers",
+                       f'sum by (gen_ai_provider_name, gen_ai_response_model) (llmesh_tokens_total{{route="providers", '
+                       f'gen_ai_provider_name="{provider}", type="{kind}", estimated="false"}}) > 0'))
+    checks.append((f"route providers: {provider} streams timed per output token",
+                   f'sum by (gen_ai_provider_name) (gen_ai_server_time_per_output_token_seconds_count{{route="providers", '
+                   f'gen_ai_provider_name="{provider}"}}) > 0'))
 
 todo = checks
 

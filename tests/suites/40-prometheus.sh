@@ -2,8 +2,9 @@
 # The chart's dashboards and rules against a real Prometheus:
 #   - `promtool check rules` on charts/llmesh/rules/*.yaml, and on every dashboard query (each
 #     wrapped in a recording rule, so a query that does not parse fails here by panel);
-#   - two sidecars (built-in mock provider, tests/prometheus/routes.yaml) on loopback, with
-#     --admin-listen; and, as scripts/demo-k8s.sh does it, a real kube-apiserver and etcd
+#   - two sidecars (tests/prometheus/routes.yaml: the built-in mock provider for failure
+#     patterns, and the fake OpenAI, Anthropic and Gemini APIs of tests/fakes for real answers and
+#     streams) on loopback, with --admin-listen; and, as scripts/demo-k8s.sh does it, a real kube-apiserver and etcd
 #     (llmesh-testenv), the chart installed, llmesh-operator with its admin port, a Pod admitted
 #     through its webhook, and a third sidecar fed by the operator;
 #   - Prometheus scrapes the three sidecars' and the operator's admin ports every second (target
@@ -35,8 +36,8 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   $own_policy && rm -f /usr/sbin/policy-rc.d
 fi
-if [[ ! -x "$TARGET/debug/llmesh-sidecar" || ! -x "$TARGET/debug/llmesh-testenv" || ! -x "$TARGET/debug/llmesh-operator" ]]; then
-  (cd "$REPO" && cargo build -q -p llmesh-sidecar -p llmesh-testenv -p llmesh-operator --bins)
+if [[ ! -x "$TARGET/debug/llmesh-sidecar" || ! -x "$TARGET/debug/llmesh-testenv" || ! -x "$TARGET/debug/llmesh-operator" || ! -x "$TARGET/debug/llmesh-fake-provider" ]]; then
+  (cd "$REPO" && cargo build -q -p llmesh-sidecar -p llmesh-testenv -p llmesh-operator -p llmesh-fakes --bins)
 fi
 
 WORK=$(mktemp -d -t llmesh-prom-XXXXXX)
@@ -76,13 +77,21 @@ PY
 promtool check rules "$WORK/panels.yaml" >"$WORK/promtool-panels.out" 2>&1 || fail "a dashboard query does not parse: $(cat "$WORK/promtool-panels.out")"
 ok "every dashboard query parses ($(grep -o 'SUCCESS.*' "$WORK/promtool-panels.out"))"
 
+# --- the fake providers (OpenAI, Anthropic and Gemini wire formats) -------------------------
+"$TARGET/debug/llmesh-fake-provider" --listen 127.0.0.1:0 >"$WORK/fake.out" 2>"$WORK/fake.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q '^listening on ' "$WORK/fake.out" 2>/dev/null && break; sleep 0.1; done
+fake_addr=$(sed -n 's/^listening on //p' "$WORK/fake.out")
+[[ -n "$fake_addr" ]] || fail "the fake provider did not start: $(cat "$WORK/fake.log")"
+ok "fake providers on $fake_addr"
+
 # --- two sidecars ----------------------------------------------------------------------------
 sidecars=() admins=()
 for n in 0 1; do
   port=$(free_port) admin=$(free_port)
   mkdir -p "$WORK/sidecar-$n"
-  cp "$T/routes.yaml" "$WORK/sidecar-$n/routes.yaml"
-  LLMESH_LOG=warn "$TARGET/debug/llmesh-sidecar" --config "$WORK/sidecar-$n/routes.yaml" \
+  sed "s/FAKE_ADDR/$fake_addr/g" "$T/routes.yaml" >"$WORK/sidecar-$n/routes.yaml"
+  FAKE_API_KEY=fake-test-key LLMESH_LOG=warn "$TARGET/debug/llmesh-sidecar" --config "$WORK/sidecar-$n/routes.yaml" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --access-log off \
     >"$WORK/sidecar-$n/log" 2>&1 &
   pids+=($!)

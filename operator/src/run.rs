@@ -11,19 +11,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::auth::Authenticator;
-use crate::controller;
-use crate::hub::Hub;
+use crate::decisions::controller;
+use crate::injection::webhook::Injector;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::podcheck::PodCheck;
-use crate::poll::Poller;
+use crate::pki::tls::{self, TlsManager};
+use crate::push::auth::Authenticator;
+use crate::push::hub::Hub;
+use crate::push::podcheck::PodCheck;
+use crate::push::poll::Poller;
 use crate::secrets::SecretCache;
 use crate::server::{self, Api};
 use crate::settings::Settings;
 use crate::stores::Stores;
-use crate::tls::{self, TlsManager};
-use crate::webhook::Injector;
 
 /// Runs the operator until `shutdown` resolves, then stops in order: held polls answer at
 /// once, the leader releases its Lease, listeners drain.

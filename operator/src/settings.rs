@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use llmesh_api::duration::parse_duration;
 
-use crate::inject::SidecarTemplate;
+use crate::injection::inject::SidecarTemplate;
 use crate::stores::SecretScope;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -17,7 +17,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// A Kubernetes resource quantity, checked here so a bad one stops the operator at start
 /// instead of failing every injected pod.
 fn quantity(s: &str) -> Result<String, String> {
-    match crate::inject::annotations::quantity(s) {
+    match crate::injection::inject::annotations::quantity(s) {
         Some(_) => Ok(s.to_string()),
         None => Err(format!(
             "`{s}` is not a Kubernetes quantity (e.g. 50m or 0.5 for CPU, 128Mi for memory)"

@@ -12,8 +12,8 @@ use llmesh_api::{LLMBudget, LLMBudgetSpec, LLMRoute, LLMRouteSpec};
 use tokio::sync::watch;
 
 use super::secret_refs;
-use crate::hub::state::{Key, PodEntry, State};
 use crate::metrics::Metrics;
+use crate::push::hub::state::{Key, PodEntry, State};
 
 struct Keys;
 

@@ -28,10 +28,10 @@ use llmesh_api::{LLMBudget, LLMRoute, SnapshotDelta};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::decisions::outcome::Outcome;
+use crate::decisions::status::Rollout;
 use crate::metrics::Metrics;
-use crate::outcome::Outcome;
 use crate::secrets::SecretCache;
-use crate::status::Rollout;
 use crate::stores::Stores;
 
 use state::{BudgetEntry, PodEntry, State};

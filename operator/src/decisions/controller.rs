@@ -1,6 +1,6 @@
 //! The leader's controllers for `LLMRoute` and `LLMBudget`, in the controller-rs shape: one
-//! generic, thin `reconcile` (span, timer, then the pure decisions in [`crate::status`] and
-//! [`crate::events`]) and one `error_policy` that logs, counts and requeues, over the small
+//! generic, thin `reconcile` (span, timer, then the pure decisions in [`crate::decisions::status`] and
+//! [`crate::decisions::events`]) and one `error_policy` that logs, counts and requeues, over the small
 //! [`Reconciled`] trait each kind implements.
 //!
 //! The hub compiles every route on every replica; reconciles only turn its conclusions into
@@ -25,14 +25,14 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info_span};
 
-use crate::events;
-use crate::hub::{BudgetView, Hub, Key};
+use crate::decisions::events;
+use crate::decisions::outcome::Outcome;
+use crate::decisions::status;
+use crate::decisions::status::Rollout;
 use crate::metrics::Metrics;
-use crate::outcome::Outcome;
-use crate::status;
-use crate::status::Rollout;
+use crate::pki::tls::FIELD_MANAGER;
+use crate::push::hub::{BudgetView, Hub, Key};
 use crate::stores::Stores;
-use crate::tls::FIELD_MANAGER;
 
 /// Reconciles (each one status write at most) in flight per kind. The client speaks HTTP/1.1,
 /// so each is a connection to the API server: unbounded, creating 1,000 routes opened hundreds

@@ -14,8 +14,8 @@ use llmesh_api::{LLMBudget, LLMRoute};
 use super::assemble;
 use super::state::{BudgetEntry, Key, RouteEntry, State};
 use super::{Published, created};
+use crate::decisions::outcome::{self, Claim};
 use crate::metrics::Metrics;
-use crate::outcome::{self, Claim};
 use crate::secrets::Wanted;
 
 /// `(Secret name, resourceVersion)` a route reads; `None`: the Secret is missing.

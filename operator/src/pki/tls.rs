@@ -35,8 +35,8 @@ use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::certs::{self, Bundle};
 use crate::metrics::Metrics;
+use crate::pki::certs::{self, Bundle};
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";

@@ -6,25 +6,17 @@
 //! unit tests; the modules that talk to the API server are thin around them.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod certs;
-pub mod controller;
 pub mod crd;
 pub mod crd_doc;
-pub mod events;
-pub mod hub;
-pub mod inject;
+pub mod decisions;
+pub mod injection;
 pub mod leader;
 pub mod metrics;
-pub mod outcome;
-pub mod podcheck;
-pub mod poll;
+pub mod pki;
+pub mod push;
 pub mod run;
 pub mod secrets;
 pub mod selector;
 pub mod server;
 pub mod settings;
-pub mod status;
 pub mod stores;
-pub mod tls;
-pub mod webhook;

@@ -11,19 +11,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::auth::Authenticator;
-use crate::controller;
-use crate::hub::Hub;
+use crate::decisions::controller;
+use crate::injection::webhook::Injector;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::podcheck::PodCheck;
-use crate::poll::Poller;
+use crate::pki::tls::{self, TlsManager};
+use crate::push::auth::Authenticator;
+use crate::push::hub::Hub;
+use crate::push::podcheck::PodCheck;
+use crate::push::poll::Poller;
 use crate::secrets::SecretCache;
 use crate::server::{self, Api};
 use crate::settings::Settings;
 use crate::stores::Stores;
-use crate::tls::{self, TlsManager};
-use crate::webhook::Injector;
 
 /// Runs the operator until `shutdown` resolves, then stops in order: held polls answer at
 /// once, the leader releases its Lease, listeners drain.
@@ -53,19 +53,20 @@ pub async fn run(
     );
     tasks.spawn(hub.clone().run());
 
-    let tls = TlsManager::start(
-        tls::Params {
+    let source = match &settings.tls_cert_dir {
+        Some(dir) => tls::Source::Dir(dir.clone()),
+        None => tls::Source::Secret(tls::Params {
             client: client.clone(),
             namespace: settings.namespace.clone(),
             secret: settings.tls_secret.clone(),
             names: settings.tls_names(),
             validity: settings.cert_validity,
             webhook_config: Some(settings.webhook_config.clone()).filter(|w| !w.is_empty()),
-        },
-        metrics.clone(),
-    )
-    .await
-    .context("setting up the serving certificate")?;
+        }),
+    };
+    let tls = TlsManager::start(source, metrics.clone())
+        .await
+        .context("setting up the serving certificate")?;
 
     let (leader_tx, leader_rx) = watch::channel(false);
     let elector = tokio::spawn(leader::run(

@@ -20,9 +20,9 @@ use llmesh_api::protocol::{MUTATE_PODS_PATH, SNAPSHOT_PATH};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::injection::webhook::Injector;
 use crate::metrics::Metrics;
-use crate::poll::Poller;
-use crate::webhook::Injector;
+use crate::push::poll::Poller;
 
 /// AdmissionReviews of large pods stay well under this.
 const MAX_ADMISSION_BYTES: usize = 4 * 1024 * 1024;

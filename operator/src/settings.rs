@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use llmesh_api::duration::parse_duration;
 
-use crate::inject::SidecarTemplate;
+use crate::injection::inject::SidecarTemplate;
 use crate::stores::SecretScope;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -17,7 +17,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// A Kubernetes resource quantity, checked here so a bad one stops the operator at start
 /// instead of failing every injected pod.
 fn quantity(s: &str) -> Result<String, String> {
-    match crate::inject::annotations::quantity(s) {
+    match crate::injection::inject::annotations::quantity(s) {
         Some(_) => Ok(s.to_string()),
         None => Err(format!(
             "`{s}` is not a Kubernetes quantity (e.g. 50m or 0.5 for CPU, 128Mi for memory)"
@@ -67,11 +67,19 @@ pub struct Settings {
     #[arg(long, env = "LLMESH_TLS_SECRET", default_value = "llmesh-operator-tls")]
     pub tls_secret: String,
 
+    /// Serve `tls.crt` and `tls.key` from this directory and hand sidecars its `ca.crt`, instead
+    /// of making a CA and keeping it in `--tls-secret`: for a certificate another issuer keeps,
+    /// such as a cert-manager Certificate's Secret mounted here. The files are re-read every
+    /// `--cert-check-interval` (the issuer renews them), and the webhook's `caBundle` is left to
+    /// that issuer's CA injector (cert-manager's `cert-manager.io/inject-ca-from` annotation).
+    #[arg(long, env = "LLMESH_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<std::path::PathBuf>,
+
     /// Lifetime of a serving certificate; renewed when a third is left.
     #[arg(long, default_value = "2160h", value_parser = duration)]
     pub cert_validity: Duration,
 
-    /// How often replicas check the TLS Secret for renewal.
+    /// How often replicas check the TLS Secret (or `--tls-cert-dir`) for a renewed certificate.
     #[arg(long, default_value = "1m", value_parser = duration)]
     pub cert_check_interval: Duration,
 

@@ -22,7 +22,7 @@ use llmesh_api::{LLMBudget, LLMRoute};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::inject::{SIDECAR_LABEL, SIDECAR_LABEL_VALUE};
+use crate::injection::inject::{SIDECAR_LABEL, SIDECAR_LABEL_VALUE};
 
 /// Where the operator reads Secrets (`--secret-namespaces`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the objects the API server stored for a chart install (tests/suites/25-chart.sh).
 
-Usage: check.py default|nondefault FILE.json
+Usage: check.py default|nondefault|certmanager FILE.json
 FILE.json is `kubectl get -o json` of the installed objects (a List). Prints one line per
 failed expectation and exits 1 if there is any. Standard library only.
 """
@@ -68,7 +68,7 @@ def webhook_excludes(wh, namespaces):
             expect(ns in excluded, f"webhook {w['name']}: namespaceSelector does not exclude {ns}")
 
 
-def operator(items, name, ns, replicas, https, admin):
+def operator(items, name, ns, replicas, https, admin, cert_dir=False):
     dep = need(items, "Deployment", name, ns)
     spec = dep["spec"]
     expect(spec.get("replicas") == replicas, f"Deployment {name}: replicas {spec.get('replicas')}, want {replicas}")
@@ -82,9 +82,12 @@ def operator(items, name, ns, replicas, https, admin):
     expect(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"Deployment {name}: readiness is not /readyz")
     expect(c.get("resources", {}).get("requests", {}).get("cpu"), f"Deployment {name}: no CPU request")
     args = c.get("args", [])
+    tls = "--tls-cert-dir=/var/run/llmesh/tls" if cert_dir else f"--tls-secret={name}-tls"
     for a in (f"--listen=0.0.0.0:{https}", f"--admin-listen=0.0.0.0:{admin}", f"--service={name}",
-              f"--tls-secret={name}-tls", f"--lease-name={name}-leader"):
+              tls, f"--lease-name={name}-leader"):
         expect(a in args, f"Deployment {name}: args lack {a} ({args})")
+    other = "--tls-secret=" if cert_dir else "--tls-cert-dir="
+    expect(not [a for a in args if a.startswith(other)], f"Deployment {name}: both TLS sources in args ({args})")
     svc = need(items, "Service", name, ns)
     expect([p["port"] for p in svc["spec"].get("ports", [])] == [https], f"Service {name}: ports")
     msvc = need(items, "Service", f"{name}-metrics", ns)
@@ -93,6 +96,38 @@ def operator(items, name, ns, replicas, https, admin):
     names = {n for r in role.get("rules", []) for n in r.get("resourceNames", [])}
     expect(names == {f"{name}-leader", f"{name}-tls"}, f"Role {name}: resourceNames {names}")
     return dep, c, args
+
+
+def cert_manager(items, name, ns, dep, webhook, issuer):
+    """webhook.certManager.enabled: the serving Certificate, its Secret mounted, the CA injected."""
+    pod = dep["spec"]["template"]["spec"]
+    c = (pod.get("containers") or [{}])[0]
+    mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == "/var/run/llmesh/tls"]
+    expect(len(mounts) == 1 and mounts[0].get("readOnly") is True, f"Deployment {name}: cert dir not mounted read-only ({mounts})")
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    vol = vols.get(mounts[0]["name"] if mounts else "", {})
+    expect(vol.get("secret", {}).get("secretName") == f"{name}-serving-tls", f"Deployment {name}: volume {vol}")
+    cert = need(items, "Certificate", f"{name}-serving", ns)
+    spec = cert["spec"]
+    expect(spec.get("secretName") == f"{name}-serving-tls", f"Certificate {name}-serving: secretName {spec.get('secretName')}")
+    want = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+    expect(spec.get("dnsNames") == want, f"Certificate {name}-serving: dnsNames {spec.get('dnsNames')}, want {want}")
+    expect(spec.get("issuerRef") == issuer, f"Certificate {name}-serving: issuerRef {spec.get('issuerRef')}, want {issuer}")
+    expect("server auth" in spec.get("usages", []), f"Certificate {name}-serving: usages {spec.get('usages')}")
+    wh = need(items, "MutatingWebhookConfiguration", webhook)
+    ann = wh["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from")
+    expect(ann == f"{ns}/{name}-serving", f"webhook {webhook}: inject-ca-from {ann!r}")
+    for w in wh.get("webhooks", []):
+        expect("caBundle" not in w.get("clientConfig", {}), f"webhook {w['name']}: a caBundle in the rendering")
+    return cert
+
+
+def no_cert_manager(items, webhook):
+    for kind in ("Certificate", "Issuer", "ClusterIssuer"):
+        expect(not [o for o in items if o["kind"] == kind], f"a {kind} with webhook.certManager disabled")
+    wh = need(items, "MutatingWebhookConfiguration", webhook)
+    expect("cert-manager.io/inject-ca-from" not in wh["metadata"].get("annotations", {}),
+           f"webhook {webhook}: inject-ca-from with webhook.certManager disabled")
 
 
 def default(items):
@@ -115,12 +150,19 @@ def default(items):
     webhook_excludes(wh, ["kube-system", ns])
     for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap"):
         expect(not [o for o in items if o["kind"] == kind], f"a {kind} with default values")
+    no_cert_manager(items, "llmesh-sidecar-injector")
+    expect(not dep["spec"]["template"]["spec"].get("volumes"), "Deployment: volumes with default values")
 
 
 def nondefault(items):
     ns, name = "mesh-system", "mesh-operator"
-    dep, c, args = operator(items, name, ns, 3, 9443, 9090)
+    dep, c, args = operator(items, name, ns, 3, 9443, 9090, cert_dir=True)
     pod = dep["spec"]["template"]["spec"]
+    cert = cert_manager(items, name, ns, dep, "mesh-injector",
+                        {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    expect((cert["spec"].get("duration"), cert["spec"].get("renewBefore")) == ("720h", "240h"),
+           f"Certificate durations {cert['spec'].get('duration')}, {cert['spec'].get('renewBefore')}")
+    expect(not [o for o in items if o["kind"] == "Issuer"], "an Issuer of the chart's own with issuerRef set")
     expect(c.get("image") == "registry.example:5000/llmesh/operator:0.1.0@sha256:" + "0123456789abcdef" * 4, f"operator image {c.get('image')}")
     expect(c.get("imagePullPolicy") == "Always", "operator pullPolicy")
     expect(pod.get("imagePullSecrets") == [{"name": "regcred"}], "imagePullSecrets")
@@ -168,11 +210,30 @@ def nondefault(items):
     expect(json.loads(cm.get("data", {}).get("chart-test.json", "{}")).get("uid") == "llmesh-chart-test", "dashboard JSON")
 
 
+def certmanager(items):
+    """webhook.certManager.enabled with issuerRef empty: the chart's own CA chain."""
+    ns, name = "cm-system", "cm-operator"
+    dep, c, args = operator(items, name, ns, 2, 8443, 8080, cert_dir=True)
+    issuer = {"name": f"{name}-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    cert = cert_manager(items, name, ns, dep, "cm-injector", issuer)
+    expect(cert["spec"].get("privateKey", {}).get("rotationPolicy") == "Always", "serving key not rotated on renewal")
+    selfsigned = need(items, "Issuer", f"{name}-selfsigned", ns)
+    expect(selfsigned["spec"] == {"selfSigned": {}}, f"Issuer {name}-selfsigned: spec {selfsigned['spec']}")
+    ca = need(items, "Certificate", f"{name}-ca", ns)["spec"]
+    expect(ca.get("isCA") is True, "CA Certificate: isCA")
+    expect(ca.get("secretName") == f"{name}-ca", f"CA Certificate: secretName {ca.get('secretName')}")
+    expect(ca.get("issuerRef", {}).get("name") == f"{name}-selfsigned", f"CA Certificate: issuerRef {ca.get('issuerRef')}")
+    expect(ca.get("privateKey", {}).get("rotationPolicy") == "Never",
+           "CA Certificate: its key must be kept on renewal (sidecars trust it from injection on)")
+    ca_issuer = need(items, "Issuer", f"{name}-ca", ns)
+    expect(ca_issuer["spec"] == {"ca": {"secretName": f"{name}-ca"}}, f"Issuer {name}-ca: spec {ca_issuer['spec']}")
+
+
 def main():
     mode, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         items = json.load(f)["items"]
-    {"default": default, "nondefault": nondefault}[mode](items)
+    {"default": default, "nondefault": nondefault, "certmanager": certmanager}[mode](items)
     for f in failures:
         print(f"  {mode}: {f}")
     if failures:

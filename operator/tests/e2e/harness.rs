@@ -472,11 +472,17 @@ pub async fn fetch_snapshot_trusting(
     tls_secret: &str,
     token: &str,
 ) -> Result<(u16, String)> {
+    let ca = operator_ca_in(env, tls_secret).await?;
+    fetch_snapshot_with_ca(env, &ca, token).await
+}
+
+/// [`fetch_snapshot`] as a sidecar trusting only the CA `ca` (PEM) does it.
+pub async fn fetch_snapshot_with_ca(env: &Env, ca: &str, token: &str) -> Result<(u16, String)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(operator_ca_in(env, tls_secret).await?.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
         roots.add(c?)?;
     }
     let tls = rustls::ClientConfig::builder()

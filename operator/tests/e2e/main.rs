@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod canary;
+mod cert_dir;
 mod harness;
 mod injection;
 mod outage;

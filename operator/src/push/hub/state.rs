@@ -11,8 +11,8 @@ use llmesh_api::snapshot::{Budget, Route};
 use tokio::sync::watch;
 
 use super::{Content, Published};
-use crate::outcome::{self, Outcome};
-use crate::status::Rollout;
+use crate::decisions::outcome::{self, Outcome};
+use crate::decisions::status::Rollout;
 
 /// `(namespace, name)`.
 pub type Key = (String, String);

@@ -69,7 +69,8 @@ pub fn for_change(
         // already reported for Accepted or ResolvedRefs.
         let consequence = matches!(
             c.reason.as_str(),
-            crate::status::reason::ROLLING_OUT | crate::status::reason::NOT_SERVED
+            crate::decisions::status::reason::ROLLING_OUT
+                | crate::decisions::status::reason::NOT_SERVED
         );
         if c.status != "True" && !consequence {
             out.push(Emit {
@@ -121,7 +122,7 @@ fn warning_reason(w: &FieldError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status;
+    use crate::decisions::status;
 
     fn warn(field: &str, msg: &str) -> FieldError {
         FieldError {

@@ -15,27 +15,26 @@
 
 mod assemble;
 mod state;
+mod steps;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use llmesh_api::compile::{compile_budget, compile_route};
 use llmesh_api::snapshot::{Budget, Route};
 use llmesh_api::{LLMBudget, LLMRoute, SnapshotDelta};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::decisions::outcome::Outcome;
+use crate::decisions::status::Rollout;
 use crate::metrics::Metrics;
-use crate::outcome::{self, Claim, Outcome};
-use crate::secrets::{SecretCache, Wanted};
-use crate::status::Rollout;
+use crate::secrets::SecretCache;
 use crate::stores::Stores;
 
-use state::{BudgetEntry, PodEntry, RouteEntry, State};
+use state::{BudgetEntry, PodEntry, State};
 pub use state::{BudgetView, Key};
 
 /// One encoded snapshot, shared by every pod that runs the same routes and budgets.
@@ -357,210 +356,42 @@ impl Hub {
         })
     }
 
-    /// One pass over the watched state. Whether any pod was sent a new snapshot.
+    /// One pass over the watched state: fetch the Secrets routes read, compile routes, resolve
+    /// model conflicts, compile budgets, fan out to pods (the steps are on [`State`], in
+    /// `steps.rs`), then trigger the controllers for whatever changed. Whether any pod was sent
+    /// a new snapshot.
     async fn recompute(&self) -> bool {
         let routes = self.stores.routes.state();
         let budgets = self.stores.budgets.state();
 
-        // Which Secrets routes read, at which resourceVersion.
-        let mut wanted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-        let mut refs_of: HashMap<Key, Vec<(String, Option<String>)>> = HashMap::new();
-        for r in &routes {
-            let ns = r.namespace().unwrap_or_default();
-            let mut refs = Vec::new();
-            for b in &r.spec.backends {
-                if let Some(s) = &b.secret_ref {
-                    let rv = self.stores.secret_version(&ns, &s.name);
-                    if rv.is_some() {
-                        wanted
-                            .entry((ns.clone(), s.name.clone()))
-                            .or_default()
-                            .insert(s.key.clone());
-                    }
-                    refs.push((s.name.clone(), rv));
-                }
-            }
-            refs.sort();
-            refs.dedup();
-            refs_of.insert((ns, r.name_any()), refs);
-        }
-        let wanted: Vec<Wanted> = wanted
-            .into_iter()
-            .filter_map(|(key, keys)| {
-                let resource_version = self.stores.secret_version(&key.0, &key.1)?;
-                Some(Wanted {
-                    key,
-                    resource_version,
-                    keys,
-                })
-            })
-            .collect();
+        let (wanted, refs_of) =
+            steps::secret_refs(&routes, |ns, name| self.stores.secret_version(ns, name));
         let reads = self.secrets.refresh(&wanted).await;
         self.metrics.secret_reads.inc_by(reads as u64);
         self.metrics.secrets_held.set(self.secrets.len() as i64);
 
         let exists = |ns: &str, name: &str| self.stores.secret_seen(ns, name);
-        let mut changed_routes: BTreeSet<Key> = BTreeSet::new();
-        let mut changed_budgets: BTreeSet<Key> = BTreeSet::new();
         let mut st = self.state.lock();
-
-        // Compile what changed.
-        let mut live: BTreeSet<Key> = BTreeSet::new();
-        {
+        let mut changed_routes = {
+            // The Secret cache stays locked for the compile only.
             let source = self.secrets.source(&exists);
-            for r in &routes {
-                let key = (r.namespace().unwrap_or_default(), r.name_any());
-                let uid = r.uid().unwrap_or_default();
-                let generation = r.metadata.generation.unwrap_or_default();
-                let refs = refs_of.remove(&key).unwrap_or_default();
-                live.insert(key.clone());
-                if st
-                    .routes
-                    .get(&key)
-                    .is_some_and(|e| e.uid == uid && e.generation == generation && e.refs == refs)
-                {
-                    continue;
-                }
-                let compiled = compile_route(&key.0, &key.1, &r.spec, &source);
-                let (base, route) = outcome::route_outcome(&key.1, generation, &r.spec, compiled);
-                self.metrics.route_compiles.inc();
-                st.seq += 1;
-                let seq = st.seq;
-                st.routes.insert(
-                    key.clone(),
-                    RouteEntry {
-                        uid,
-                        generation,
-                        refs,
-                        created: created(&r.metadata),
-                        selector: r.spec.pod_selector.clone(),
-                        base,
-                        conflict: None,
-                        route: route.map(Arc::new),
-                        seq,
-                    },
-                );
-                changed_routes.insert(key);
-            }
-        }
-        st.routes.retain(|k, _| live.contains(k));
-
-        // A model name belongs to one route per namespace.
-        let mut claims: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
-        for ((ns, _), e) in &st.routes {
-            if let Some(route) = e.compiled_ok() {
-                claims
-                    .entry(ns.clone())
-                    .or_default()
-                    .push(Claim::of(route, &e.created));
-            }
-        }
-        let mut conflicts: HashMap<Key, String> = HashMap::new();
-        for (ns, c) in &claims {
-            for (name, msg) in outcome::model_conflicts(ns, c) {
-                conflicts.insert((ns.clone(), name), msg);
-            }
-        }
-        for (key, e) in st.routes.iter_mut() {
-            let conflict = conflicts.remove(key);
-            if e.conflict != conflict {
-                // No new sequence number: the route leaving or joining the served set
-                // changes the assembly key of every snapshot it is in.
-                e.conflict = conflict;
-                changed_routes.insert(key.clone());
-            }
-        }
-
-        // Budgets: compile what changed, then check them against the served routes.
-        let mut live_budgets: BTreeSet<Key> = BTreeSet::new();
-        for b in &budgets {
-            let key = (b.namespace().unwrap_or_default(), b.name_any());
-            let uid = b.uid().unwrap_or_default();
-            let generation = b.metadata.generation.unwrap_or_default();
-            live_budgets.insert(key.clone());
-            if st
-                .budgets
-                .get(&key)
-                .is_some_and(|e| e.uid == uid && e.generation == generation)
-            {
-                continue;
-            }
-            st.seq += 1;
-            let seq = st.seq;
-            let compiled = compile_budget(&key.0, &key.1, &b.spec)
-                .map(Arc::new)
-                .map_err(|e| e.errors);
-            st.budgets.insert(
-                key.clone(),
-                BudgetEntry {
-                    uid,
-                    generation,
-                    limit: outcome::limit_in_words(&b.spec),
-                    compiled,
-                    route_errors: Vec::new(),
-                    seq,
-                },
-            );
-            changed_budgets.insert(key);
-        }
-        st.budgets.retain(|k, _| live_budgets.contains(k));
-        changed_budgets.extend(st.check_budgets());
-
-        // Push to every connected pod whose snapshot changed.
-        let mut gone = Vec::new();
-        let pods: Vec<(String, String, String)> = st
-            .pods
-            .iter()
-            .map(|(uid, p)| (uid.clone(), p.namespace.clone(), p.name.clone()))
-            .collect();
+            st.compile_routes(&routes, refs_of, &source, &self.metrics)
+        };
+        changed_routes.extend(st.resolve_model_conflicts());
+        let changed_budgets = st.compile_budgets(&budgets);
         let now = Instant::now();
-        // Pods of a namespace that agree on the labels its selectors read get the same
-        // snapshot: look it up once per such group, not once per pod (pods x routes).
-        let keys = assemble::selector_keys(&st);
-        let mut decided: HashMap<assemble::PodGroup, Arc<Published>> = HashMap::new();
-        let mut sent = false;
-        for (uid, ns, name) in pods {
-            let meta = self
-                .stores
+        let sent = st.fan_out(&self.metrics, now, FORGET_AFTER, |uid, ns, name| {
+            self.stores
                 .pods
-                .get(&ObjectRef::new(&name).within(&ns))
-                .filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
-            let idle = st
-                .pods
-                .get(&uid)
-                .is_some_and(|p| p.polls == 0 && now.duration_since(p.last_seen) > FORGET_AFTER);
-            let Some(meta) = meta.filter(|_| !idle) else {
-                gone.push(uid);
-                continue;
-            };
-            let labels = meta.metadata.labels.clone().unwrap_or_default();
-            let relevant = assemble::relevant_labels(&labels, keys.get(&ns));
-            let group = (ns, relevant);
-            let published = match decided.get(&group) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = assemble::for_pod(&mut st, &self.metrics, &group.0, &labels);
-                    decided.insert(group, p.clone());
-                    p
-                }
-            };
-            sent |= st
-                .pods
-                .get_mut(&uid)
-                .expect("listed above")
-                .publish(published);
-        }
-        for uid in gone {
-            // Dropping the sender ends the pod's open polls.
-            st.pods.remove(&uid);
-        }
-        st.prune_assembled();
-        let changed_rollouts = st.recount(now, CONNECTED_GRACE);
+                .get(&ObjectRef::new(name).within(ns))
+                .filter(|p| p.metadata.uid.as_deref() == Some(uid))
+                .map(|p| p.metadata.labels.clone().unwrap_or_default())
+        });
+        changed_routes.extend(st.recount(now, CONNECTED_GRACE));
         self.metrics
             .sidecars_connected
             .set(st.connected(now, CONNECTED_GRACE) as i64);
         drop(st);
-        changed_routes.extend(changed_rollouts);
         self.trigger(changed_routes, changed_budgets);
         sent
     }

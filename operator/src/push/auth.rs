@@ -19,8 +19,8 @@ use kube::api::{Api, PostParams};
 use llmesh_api::protocol::AUDIENCE;
 use parking_lot::Mutex;
 
-use crate::hub::PodIdentity;
 use crate::metrics::Metrics;
+use crate::push::hub::PodIdentity;
 
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use super::assemble::for_pod;
 use super::state::{PodEntry, RouteEntry, State};
+use crate::decisions::outcome::route_outcome;
 use crate::metrics::Metrics;
-use crate::outcome::route_outcome;
 
 struct NoSecrets;
 

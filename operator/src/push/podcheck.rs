@@ -20,8 +20,8 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use parking_lot::Mutex;
 
-use crate::hub::PodIdentity;
-use crate::inject;
+use crate::injection::inject;
+use crate::push::hub::PodIdentity;
 
 /// Pod reads in flight at most.
 pub const MAX_CHECKS_IN_FLIGHT: usize = 16;

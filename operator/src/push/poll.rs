@@ -16,10 +16,10 @@ use llmesh_api::protocol::{
 };
 use tokio::sync::watch;
 
-use crate::auth::{AuthError, Authenticator};
-use crate::hub::{Hub, Refusal};
 use crate::metrics::Metrics;
-use crate::podcheck::{CheckError, PodCheck};
+use crate::push::auth::{AuthError, Authenticator};
+use crate::push::hub::{Hub, Refusal};
+use crate::push::podcheck::{CheckError, PodCheck};
 
 /// What the poll handler needs.
 pub struct Poller {

@@ -1,12 +1,22 @@
-//! The serving certificate for the config server and the webhook: created on first start,
-//! kept in a Secret in the operator's namespace so every replica serves the same one, renewed
-//! before it expires (or when it lacks a name), hot-swapped into the TLS listener, and its CA
-//! written into the MutatingWebhookConfiguration's `caBundle` by the leader.
+//! The serving certificate for the config server and the webhook, from one of two sources:
+//!
+//! - [`Source::Secret`] (the default): the operator's own CA and certificate, created on first
+//!   start, kept in a Secret in the operator's namespace so every replica serves the same one,
+//!   renewed before it expires (or when it lacks a name), and its CA written into the
+//!   MutatingWebhookConfiguration's `caBundle` by the leader.
+//! - [`Source::Dir`] (`--tls-cert-dir`): `tls.crt`, `tls.key` and `ca.crt` in a directory that
+//!   another issuer keeps, such as a cert-manager Certificate's Secret mounted into the pod. The
+//!   operator makes no CA and leaves the `caBundle` to that issuer's CA injector; it re-reads the
+//!   files every check interval and serves a renewed certificate as soon as it appears.
+//!
+//! Either way the certificate is hot-swapped into the TLS listener, and the CA is what the
+//! webhook hands injected sidecars.
 //!
 //! The Secret is written with create / replace-with-resourceVersion rather than server-side
 //! apply: replicas race to create and renew it, and compare-and-swap makes exactly one win.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +35,8 @@ use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::certs::{self, Bundle};
 use crate::metrics::Metrics;
+use crate::pki::certs::{self, Bundle};
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
@@ -51,7 +61,14 @@ fn certified_key(b: &Bundle) -> Result<CertifiedKey> {
         .context("reading tls.crt")?;
     let key = PrivateKeyDer::from_pem_slice(b.key.as_bytes()).context("reading tls.key")?;
     let key = rustls::crypto::ring::sign::any_supported_type(&key).context("loading tls.key")?;
-    Ok(CertifiedKey::new(chain, key))
+    let certified = CertifiedKey::new(chain, key);
+    // Files read while their issuer swaps them could pair an old key with a new certificate.
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        certified.keys_match()
+    {
+        bail!("tls.key does not belong to tls.crt");
+    }
+    Ok(certified)
 }
 
 /// Where the serving certificate lives and what it must cover.
@@ -70,22 +87,64 @@ pub struct Params {
     pub webhook_config: Option<String>,
 }
 
+/// Where the serving certificate comes from.
+pub enum Source {
+    /// The operator's own CA, kept in a Secret.
+    Secret(Params),
+    /// `tls.crt`, `tls.key` and `ca.crt` in this directory, kept by another issuer.
+    Dir(PathBuf),
+}
+
+impl Source {
+    /// The bundle to serve now (making or renewing it, for [`Source::Secret`]).
+    async fn sync(&self) -> Result<Bundle> {
+        match self {
+            Self::Secret(params) => params.sync().await,
+            Self::Dir(dir) => read_dir_bundle(dir).await,
+        }
+    }
+}
+
+/// The certificate, key and CA in `dir`, as a cert-manager Certificate's Secret mounted there
+/// has them. The CA key is not there (nor needed): the operator issues nothing in this mode.
+async fn read_dir_bundle(dir: &std::path::Path) -> Result<Bundle> {
+    let read = |name: &'static str| {
+        let path = dir.join(name);
+        async move {
+            let text = tokio::fs::read_to_string(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            if text.trim().is_empty() {
+                bail!("{} is empty", path.display());
+            }
+            Ok::<_, anyhow::Error>(text)
+        }
+    };
+    Ok(Bundle {
+        ca_cert: read(CA_CERT).await?,
+        ca_key: String::new(),
+        cert: read(TLS_CERT).await?,
+        key: read(TLS_KEY).await?,
+    })
+}
+
 /// Keeps the serving certificate.
 pub struct TlsManager {
-    params: Params,
+    source: Source,
     metrics: Arc<Metrics>,
     resolver: Arc<Resolver>,
     current: Mutex<Bundle>,
 }
 
 impl TlsManager {
-    /// Loads the Secret (creating or renewing it as needed) and returns a manager serving it.
-    pub async fn start(params: Params, metrics: Arc<Metrics>) -> Result<Arc<Self>> {
-        let bundle = params.sync().await?;
+    /// Loads the certificate (for [`Source::Secret`], creating or renewing it as needed) and
+    /// returns a manager serving it.
+    pub async fn start(source: Source, metrics: Arc<Metrics>) -> Result<Arc<Self>> {
+        let bundle = source.sync().await?;
         let this = Self {
             resolver: Arc::new(Resolver(ArcSwap::from_pointee(certified_key(&bundle)?))),
             current: Mutex::new(bundle.clone()),
-            params,
+            source,
             metrics,
         };
         this.install(bundle)?;
@@ -112,12 +171,13 @@ impl TlsManager {
         Ok(())
     }
 
-    /// Every `period`: picks up a certificate another replica renewed, renews it when due,
-    /// and (as leader) keeps the webhook's `caBundle` equal to the CA.
+    /// Every `period`: picks up a certificate another replica (or the issuer keeping the
+    /// directory) renewed, renews it when due, and (as leader, with the operator's own CA)
+    /// keeps the webhook's `caBundle` equal to the CA.
     pub async fn maintain(self: Arc<Self>, period: Duration, mut leader: watch::Receiver<bool>) {
         loop {
             let mut retry_soon = false;
-            match self.params.sync().await {
+            match self.source.sync().await {
                 Ok(bundle) => {
                     if *self.current.lock() != bundle {
                         tracing::info!("serving a renewed certificate");
@@ -126,7 +186,9 @@ impl TlsManager {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "checking the TLS Secret failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "checking the serving certificate failed; retrying");
+                }
             }
             // Applied every period, not only on change: a chart upgrade may reset the field,
             // and an unchanged server-side apply is a no-op.
@@ -149,10 +211,14 @@ impl TlsManager {
 
     /// Server-side applies the CA as the `caBundle` of every webhook in the configuration.
     async fn patch_ca_bundle(&self, ca: &str) -> Result<()> {
-        let Some(name) = &self.params.webhook_config else {
+        // With certificates from a directory, the issuer's CA injector keeps the caBundle.
+        let Source::Secret(params) = &self.source else {
             return Ok(());
         };
-        let api: Api<MutatingWebhookConfiguration> = Api::all(self.params.client.clone());
+        let Some(name) = &params.webhook_config else {
+            return Ok(());
+        };
+        let api: Api<MutatingWebhookConfiguration> = Api::all(params.client.clone());
         let Some(config) = api
             .get_opt(name)
             .await

@@ -5,7 +5,7 @@
 use llmesh_api::condition::{ACCEPTED, Condition, READY, RESOLVED_REFS};
 use llmesh_api::{LLMBudgetStatus, LLMRouteStatus};
 
-use crate::outcome::Outcome;
+use crate::decisions::outcome::Outcome;
 
 /// Reasons, one constant each, so programs can match on them.
 pub mod reason {

@@ -1,5 +1,5 @@
-//! `POST /mutate-pods`: the mutating admission webhook. Decides with [`crate::inject::decide`]
-//! (pod label, else namespace label), builds the injected pod with [`crate::inject::inject`],
+//! `POST /mutate-pods`: the mutating admission webhook. Decides with [`crate::injection::inject::decide`]
+//! (pod label, else namespace label), builds the injected pod with [`crate::injection::inject::inject`],
 //! and answers with the JSON patch between the two. A pod that opted in is refused, with a
 //! message saying why, only when its `llmesh.io/sidecar-*` annotations are bad or the cluster
 //! is too old for native sidecars; every other pod is allowed, and a malformed one is refused by
@@ -17,9 +17,9 @@ use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
-use crate::inject::{self, Decision, SidecarTemplate};
+use crate::injection::inject::{self, Decision, SidecarTemplate};
 use crate::metrics::Metrics;
-use crate::tls::TlsManager;
+use crate::pki::tls::TlsManager;
 
 /// What the webhook needs.
 pub struct Injector {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod fields;
 pub mod handler;
+pub mod import;
 pub mod ingress;
 pub mod limits;
 pub mod memory;

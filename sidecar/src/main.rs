@@ -234,6 +234,9 @@ fn app(args: &Args, keys: Vec<String>, open_files: u64) -> std::sync::Arc<App> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("import") {
+        return llmesh_sidecar::import::main(std::env::args().skip(2));
+    }
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("LLMESH_LOG").unwrap_or_else(|_| "info".into());

@@ -94,7 +94,8 @@ def operator(items, name, ns, replicas, https, admin, cert_dir=False):
     expect([p["port"] for p in msvc["spec"].get("ports", [])] == [admin], f"Service {name}-metrics: ports")
     role = need(items, "Role", name, ns)
     names = {n for r in role.get("rules", []) for n in r.get("resourceNames", [])}
-    expect(names == {f"{name}-leader", f"{name}-tls"}, f"Role {name}: resourceNames {names}")
+    want = {f"{name}-leader"} if cert_dir else {f"{name}-leader", f"{name}-tls"}
+    expect(names == want, f"Role {name}: resourceNames {names}")
     return dep, c, args
 
 
@@ -227,6 +228,14 @@ def certmanager(items):
            "CA Certificate: its key must be kept on renewal (sidecars trust it from injection on)")
     ca_issuer = need(items, "Issuer", f"{name}-ca", ns)
     expect(ca_issuer["spec"] == {"ca": {"secretName": f"{name}-ca"}}, f"Issuer {name}-ca: spec {ca_issuer['spec']}")
+    # Least privilege: cert-manager keeps the certificate and the caBundle, so the operator may
+    # neither patch the webhook nor write Secrets.
+    cr = need(items, "ClusterRole", name)
+    expect(not [r for r in cr["rules"] if "mutatingwebhookconfigurations" in r.get("resources", [])],
+           "ClusterRole: the webhook patch rule is granted with cert-manager")
+    role = need(items, "Role", name, ns)
+    expect(not [r for r in role["rules"] if "secrets" in r.get("resources", [])],
+           f"Role: Secret rules are granted with cert-manager: {role['rules']}")
 
 
 def main():

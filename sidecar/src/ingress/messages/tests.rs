@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::ingress::responses::Store;
-use crate::providers::Chunk;
+use crate::internal::Chunk;
 
 const REQUEST_ID: &str = "req_test-1";
 

@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use super::stream::Encoder;
 use super::{Ids, Store, request};
 use crate::error::ErrorFormat;
-use crate::providers::Chunk;
-use crate::relay::StreamEncoder;
+use crate::internal::Chunk;
+use crate::internal::StreamEncoder;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/responses");
 

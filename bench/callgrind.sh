@@ -8,13 +8,15 @@
 #   BODY="$(cat prompt.json)" bench/callgrind.sh     # another request body (a real prompt's size)
 #   ENDPOINT=/v1/messages BODY=... bench/callgrind.sh # another endpoint of the sidecar
 #
-# Leaves the profile in target/callgrind.<mode>.out (…<mode>.hop.out) for `callgrind_annotate`.
+# Leaves the profile in $CARGO_TARGET_DIR (default target)/callgrind.<mode>.out (…<mode>.hop.out)
+# for `callgrind_annotate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-plain}
 secs=${2:-10}
 cargo build --release --quiet -p llmesh-sidecar -p llmesh-fakes -p llmesh-bench
-bin=target/release
+target_dir=${CARGO_TARGET_DIR:-target}
+bin=$target_dir/release
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -34,11 +36,11 @@ target=${TARGET:-llmesh}
 if [ "$target" = hop ]; then
   cmd=("$bin/llmesh-hop" --upstream "127.0.0.1:$fake" --listen "127.0.0.1:$port")
   path=/s/fast/v1/chat/completions
-  out="target/callgrind.$mode.hop.out"
+  out="$target_dir/callgrind.$mode.hop.out"
 else
   cmd=("$bin/llmesh-sidecar" --config "$work/routes.yaml" --listen "127.0.0.1:$port")
   path=${ENDPOINT:-/v1/chat/completions}
-  out="target/callgrind.$mode.out"
+  out="$target_dir/callgrind.$mode.out"
 fi
 LLMESH_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "${cmd[@]}" >/dev/null 2>"$work/vg.err" &

@@ -3,22 +3,55 @@
 //! drops a stream is still charged for what was generated).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::accesslog::Line;
-use crate::app::App;
-use crate::budget::{BudgetState, Reservation};
-use crate::metrics::Sink;
-use crate::providers::{Op, Usage};
+use crate::accesslog::{AccessLog, Line};
+use crate::budget::{BudgetState, Clock, Reservation};
+use crate::cache::Status as CacheStatus;
+use crate::internal::{Op, Usage};
+use crate::limits::Buffers;
+use crate::metrics::{Metrics, Sink};
 use crate::runtime::{BackendState, InFlight, Runtime};
+
+/// What every request accounts to: the app's metrics, access log and clock, and its budget of
+/// buffered bytes. One per app, shared by its requests' tickets.
+pub struct Ledger {
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    /// The access log.
+    pub log: AccessLog,
+    /// The wall clock (budget periods, log timestamps).
+    pub clock: Arc<dyn Clock>,
+    /// Bytes of request and answer bodies held by all requests (`--max-buffered-bytes`).
+    pub buffers: Arc<Buffers>,
+}
+
+/// One admitted request: holds its place under `--max-in-flight` until dropped, which the
+/// request's [`Ticket`] does when the answer's last byte is sent or the client goes away.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place counted in `admitted` (already incremented), given back when dropped.
+    pub(crate) fn new(admitted: Arc<AtomicUsize>) -> Self {
+        Self(admitted)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// One request in progress.
 pub struct Ticket {
-    /// The app (metrics, log, clock).
-    pub app: Arc<App>,
+    /// Where its accounting goes (metrics, log, clock).
+    pub ledger: Arc<Ledger>,
     /// The config version serving it.
     pub rt: Option<Arc<Runtime>>,
     /// Index of the route.
@@ -48,8 +81,8 @@ pub struct Ticket {
     /// The A/B variant the strategy assigned (the first backend of the plan). It stays the
     /// request's variant when a fallback answers, so experiments count their fallbacks.
     pub variant: Option<String>,
-    /// Cache result: hit, miss, bypass, off.
-    pub cache: &'static str,
+    /// What the cache did.
+    pub cache: CacheStatus,
     /// Estimated prompt tokens, for a provider that reports no usage and a client that goes
     /// away: see [`Ticket::prompt_tokens`].
     pub prompt_estimate: PromptEstimate,
@@ -62,7 +95,7 @@ pub struct Ticket {
     /// Keeps the backend's concurrency permit while the answer streams.
     pub permit: Option<OwnedSemaphorePermit>,
     /// Keeps the request's place under the sidecar's `--max-in-flight`.
-    pub slot: Option<crate::app::Slot>,
+    pub slot: Option<Slot>,
     done: bool,
 }
 
@@ -87,9 +120,9 @@ impl Ticket {
     }
 
     /// A ticket for a request that just arrived.
-    pub fn new(app: Arc<App>, request_id: String, op: Op, path: String) -> Self {
+    pub fn new(ledger: Arc<Ledger>, request_id: String, op: Op, path: String) -> Self {
         Self {
-            app,
+            ledger,
             rt: None,
             route: None,
             backend: None,
@@ -104,7 +137,7 @@ impl Ticket {
             fallbacks: Vec::new(),
             rule: None,
             variant: None,
-            cache: "off",
+            cache: CacheStatus::Off,
             prompt_estimate: PromptEstimate::Known(0),
             tpm_reserved: 0,
             reservations: Vec::new(),
@@ -169,11 +202,11 @@ impl Ticket {
         self.slot = None;
         let reservations = std::mem::take(&mut self.reservations);
         let this = &*self;
-        let app = &this.app;
-        let m = &app.metrics;
+        let ledger = &*this.ledger;
+        let m = &*ledger.metrics;
         let rt = this.rt.as_deref();
         let elapsed = this.start.elapsed();
-        let usage = usage.filter(|_| this.cache != "hit");
+        let usage = usage.filter(|_| this.cache != CacheStatus::Hit);
         let cost = usage.as_ref().map_or(0, |u| this.cost(u));
 
         let sink = this.sink(rt);
@@ -207,7 +240,7 @@ impl Ticket {
         {
             tpm.adjust(tokens as i64 - this.tpm_reserved as i64, Instant::now());
         }
-        let unix = app.clock.unix_now();
+        let unix = ledger.clock.unix_now();
         for (budget, reservation) in reservations {
             settle_budget(m, &budget, reservation, cost, tokens, unix);
         }
@@ -216,7 +249,7 @@ impl Ticket {
         let pick = |i: usize| if labels[i] == "none" { "" } else { labels[i] };
         let u = usage.unwrap_or_default();
         let mut cost_buf = [0u8; 24];
-        app.log.write(&Line {
+        ledger.log.write(&Line {
             ts: unix,
             log: "access",
             request_id: &this.request_id,
@@ -232,7 +265,7 @@ impl Ticket {
             attempts: this.attempts,
             fallbacks: &this.fallbacks,
             stream: this.stream,
-            cache: this.cache,
+            cache: this.cache.as_str(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             ttft_ms: this.ttft.map(|t| t.as_secs_f64() * 1000.0),
             input_tokens: u.prompt,
@@ -248,7 +281,7 @@ impl Ticket {
 
 /// Settles one budget reservation with the real cost, raising alerts for thresholds crossed.
 fn settle_budget(
-    m: &crate::metrics::Metrics,
+    m: &Metrics,
     budget: &BudgetState,
     r: Reservation,
     cost: u64,

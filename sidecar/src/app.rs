@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use llmesh_api::Snapshot;
 
 use crate::accesslog::AccessLog;
+use crate::account::{Ledger, Slot};
 use crate::budget::{Clock, SystemClock};
 use crate::limits::{Buffers, Limits};
 use crate::metrics::Metrics;
@@ -28,7 +29,7 @@ pub struct App {
     carry: Mutex<Carry>,
     transports: TransportFactory,
     /// Every metric.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The access log.
     pub log: AccessLog,
     /// The wall clock (budget periods, log timestamps).
@@ -52,18 +53,8 @@ pub struct App {
     pub limits: Limits,
     /// Bytes of request and answer bodies held by all requests (`--max-buffered-bytes`).
     pub buffers: Arc<Buffers>,
-}
-
-/// One admitted request: holds its place under `--max-in-flight` until dropped, which the
-/// request's [`crate::account::Ticket`] does when the answer's last byte is sent or the client
-/// goes away.
-#[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// The metrics, log, clock and buffers again, as each request's ticket holds them.
+    ledger: Arc<Ledger>,
 }
 
 /// Builds an [`App`].
@@ -139,6 +130,14 @@ impl AppBuilder {
             AccessLog::off(metrics.log_dropped.clone())
         };
         let transports = self.transports.unwrap_or_else(default_transports);
+        let metrics = Arc::new(metrics);
+        let buffers = Arc::new(Buffers::new(self.max_buffered_bytes));
+        let ledger = Arc::new(Ledger {
+            metrics: metrics.clone(),
+            log: log.clone(),
+            clock: self.clock.clone(),
+            buffers: buffers.clone(),
+        });
         Arc::new(App {
             runtime: ArcSwapOption::empty(),
             carry: Mutex::new(Carry::default()),
@@ -154,7 +153,8 @@ impl AppBuilder {
             admitted: Arc::new(AtomicUsize::new(0)),
             max_in_flight: self.max_in_flight,
             limits: self.limits,
-            buffers: Arc::new(Buffers::new(self.max_buffered_bytes)),
+            buffers,
+            ledger,
         })
     }
 }
@@ -190,8 +190,13 @@ impl App {
     /// in flight.
     pub fn admit(&self) -> Option<Slot> {
         let before = self.admitted.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(self.admitted.clone());
+        let slot = Slot::new(self.admitted.clone());
         (before < self.max_in_flight).then_some(slot)
+    }
+
+    /// Where requests account to: a ticket holds this, not the app.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     /// Generation requests in flight now.

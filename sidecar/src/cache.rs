@@ -6,6 +6,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http::header::CACHE_CONTROL;
 use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -21,6 +23,59 @@ pub struct Hit {
     pub backend: usize,
     /// Whether the body is in the client's own format (native passthrough).
     pub native: bool,
+}
+
+/// What the cache did for a request (the `x-llmesh-cache` header and the access log's `cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The route has no cache, or the request streams.
+    Off,
+    /// The client asked for a fresh answer (`Cache-Control: no-store` or `no-cache`).
+    Bypass,
+    /// Answered from the cache.
+    Hit,
+    /// Not in the cache: the answer, if it succeeds, is stored.
+    Miss,
+}
+
+impl Status {
+    /// The label (`off`, `bypass`, `hit`, `miss`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Bypass => "bypass",
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// The cache step of a request: the route's cache (if any) consulted for a non-streaming
+/// request body in `scope`, unless the client's `Cache-Control` says not to. `usable` says
+/// whether a stored answer can serve this request.
+pub fn lookup(
+    cache: Option<&ResponseCache>,
+    stream: bool,
+    headers: &HeaderMap,
+    scope: usize,
+    request: &[u8],
+    usable: impl Fn(&Hit) -> bool,
+    now: Instant,
+) -> (Status, Option<Hit>) {
+    let Some(c) = cache.filter(|_| !stream) else {
+        return (Status::Off, None);
+    };
+    let no_store = headers
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("no-store") || v.contains("no-cache"));
+    if no_store {
+        return (Status::Bypass, None);
+    }
+    match c.get(scope, request, now).filter(usable) {
+        Some(hit) => (Status::Hit, Some(hit)),
+        None => (Status::Miss, None),
+    }
 }
 
 struct Entry {
@@ -161,6 +216,41 @@ mod tests {
                 .is_none()
         );
         assert_eq!(c.usage(), (0, 0), "expired entries are dropped on read");
+    }
+
+    #[test]
+    fn lookup_says_off_bypass_hit_or_miss() {
+        let t0 = Instant::now();
+        let c = cache(10, 10_000);
+        c.put(0, Bytes::from_static(b"req"), hit("answer"), t0);
+        let plain = HeaderMap::new();
+        let mut no_store = HeaderMap::new();
+        no_store.insert(CACHE_CONTROL, "no-store".parse().unwrap());
+        let any = |_: &Hit| true;
+        let status = |cache, stream, h, req: &[u8], usable: &dyn Fn(&Hit) -> bool| {
+            lookup(cache, stream, h, 0, req, usable, t0).0
+        };
+        assert_eq!(status(None, false, &plain, b"req", &any), Status::Off);
+        assert_eq!(status(Some(&c), true, &plain, b"req", &any), Status::Off);
+        assert_eq!(
+            status(Some(&c), false, &no_store, b"req", &any),
+            Status::Bypass
+        );
+        assert_eq!(
+            status(Some(&c), false, &plain, b"other", &any),
+            Status::Miss
+        );
+        assert_eq!(
+            status(Some(&c), false, &plain, b"req", &|_| false),
+            Status::Miss,
+            "a stored answer this request cannot use is a miss"
+        );
+        let (s, h) = lookup(Some(&c), false, &plain, 0, b"req", any, t0);
+        assert_eq!(
+            (s, h.map(|h| h.body)),
+            (Status::Hit, Some(Bytes::from("answer")))
+        );
+        assert_eq!(Status::Bypass.as_str(), "bypass");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use llmesh_api::Strategy;
 use llmesh_api::money::cost_of;
 use llmesh_api::route::{Complexity, RankBy};
 
-use crate::providers::Op;
+use crate::internal::Op;
 use crate::runtime::{BackendState, RouteState};
 use crate::tokens::PromptFacts;
 

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 /// Which wire format errors are written in.
@@ -238,6 +239,20 @@ impl ApiError {
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
 
+    /// The HTTP response in `format`: the status, the JSON body and `retry-after`, with room
+    /// for the `x-llmesh-*` and request-id headers added later (one allocation for the map).
+    pub fn response(&self, format: ErrorFormat) -> Response<Bytes> {
+        let mut r = Response::new(self.body(format));
+        *r.status_mut() = self.status;
+        let mut headers = HeaderMap::with_capacity(12);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(v) = self.retry_after_header() {
+            headers.insert(RETRY_AFTER, v);
+        }
+        *r.headers_mut() = headers;
+        r
+    }
+
     /// The `retry-after` header value, whole seconds rounded up.
     pub fn retry_after_header(&self) -> Option<HeaderValue> {
         self.retry_after.map(|d| {
@@ -245,6 +260,22 @@ impl ApiError {
             HeaderValue::from(secs as u64)
         })
     }
+}
+
+/// The event that tells a client in-band that its stream failed after it started (a 502
+/// `stream_error`): OpenAI's `data: {"error": ...}` or Anthropic's `event: error`.
+pub fn stream_error_event(message: &str, format: ErrorFormat) -> Bytes {
+    let e = ApiError::upstream(StatusCode::BAD_GATEWAY, "stream_error", message)
+        .with_code("stream_error");
+    let body = e.body(format);
+    let mut b = BytesMut::with_capacity(body.len() + 24);
+    if format == ErrorFormat::Anthropic {
+        b.put_slice(b"event: error\n");
+    }
+    b.put_slice(b"data: ");
+    b.put_slice(&body);
+    b.put_slice(b"\n\n");
+    b.freeze()
 }
 
 /// Anthropic's error `type` for a status.
@@ -310,5 +341,44 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(e.retry_after_header().unwrap(), "2");
+    }
+
+    #[test]
+    fn response_carries_status_body_and_retry_after() {
+        let e = ApiError::overloaded("busy");
+        let r = e.response(ErrorFormat::Anthropic);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.headers()["retry-after"], "1");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        let r = ApiError::not_found("nothing").response(ErrorFormat::OpenAi);
+        assert!(r.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn stream_errors_are_events_in_the_client_format() {
+        let openai = stream_error_event("cut", ErrorFormat::OpenAi);
+        let json = openai
+            .strip_prefix(b"data: ")
+            .unwrap()
+            .strip_suffix(b"\n\n")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "cut", "type": "server_error", "param": null, "code": "stream_error"}})
+        );
+        let anthropic = stream_error_event("cut", ErrorFormat::Anthropic);
+        let json = anthropic
+            .strip_prefix(b"event: error\ndata: ")
+            .unwrap()
+            .strip_suffix(b"\n\n")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "api_error", "message": "cut"}})
+        );
     }
 }

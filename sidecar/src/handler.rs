@@ -9,23 +9,21 @@ use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
-use llmesh_api::route::MaxTokensPolicy;
-
-use crate::account::{PromptEstimate, Ticket};
+use crate::account::{Slot, Ticket};
+use crate::admit::{Admitted, admit};
 use crate::app::App;
-use crate::budget::Admission;
-use crate::cache::Hit;
-use crate::choose::{self, Facts};
+use crate::cache::{self, Hit, Status as CacheStatus};
 use crate::error::{ApiError, ErrorFormat};
 use crate::fields;
-use crate::ingress::{self, Endpoint};
-use crate::providers::Op;
-use crate::proxy::{self, Call, Outcome};
-use crate::relay::{OpenAiSse, Relay};
-use crate::runtime::{Runtime, Target};
+use crate::ingress::{self, Ingress};
+use crate::internal::{Endpoint, StreamEncoder, Usage};
+use crate::providers::Native;
+use crate::proxy::{self, Call, Outcome, StreamStart};
+use crate::relay::Relay;
+use crate::runtime::{RouteState, Runtime, Target};
 use crate::tokens;
 use crate::transport::BoxError;
 
@@ -52,13 +50,10 @@ fn full(
     r
 }
 
-/// Renders an error in `format`.
+/// Renders an error in `format` ([`ApiError::response`], the one place errors become responses).
 pub fn error_response(e: &ApiError, format: ErrorFormat) -> Response<ResBody> {
-    let mut r = full(e.status, "application/json", e.body(format));
-    if let Some(v) = e.retry_after_header() {
-        r.headers_mut().insert("retry-after", v);
-    }
-    r
+    e.response(format)
+        .map(|b| Full::new(b).map_err(|e| match e {}).boxed_unsync())
 }
 
 /// Answers one HTTP request.
@@ -308,13 +303,6 @@ fn request_id(headers: &HeaderMap) -> String {
         })
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-}
-
 /// Anthropic's `POST /v1/messages/count_tokens`: an estimate, no upstream call.
 async fn count_tokens<B>(app: &App, req: Request<B>) -> Response<ResBody>
 where
@@ -417,38 +405,43 @@ fn answer(
     path: String,
     raw: Result<Bytes, ApiError>,
     endpoint: Endpoint,
-    slot: Option<crate::app::Slot>,
+    slot: Option<Slot>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResBody>> + Send>> {
     Box::pin(async move {
-        let mut ticket = Ticket::new(app.clone(), request_id(&headers), endpoint.op(), path);
+        let mut ticket = Ticket::new(
+            app.ledger().clone(),
+            request_id(&headers),
+            endpoint.op(),
+            path,
+        );
         ticket.slot = slot;
         let rid = ticket.request_id.clone();
-        let mut resp = match run(&app, &headers, raw, endpoint, ticket).await {
-            Ok(Done::Full {
-                body,
-                usage,
-                status,
-                ticket,
-            }) => {
+        let mut resp = match run(&app, &headers, raw, endpoint, &mut ticket).await {
+            Ok(Done::Full { body, usage }) => {
                 let cost = usage.as_ref().map(|u| ticket.cost(u));
-                let mut r = full(status, "application/json", body);
+                let mut r = full(StatusCode::OK, "application/json", body);
                 llmesh_headers(&ticket, r.headers_mut(), cost);
-                ticket.finish(status.as_u16(), usage, "", false);
+                ticket.finish(StatusCode::OK.as_u16(), usage, "", false);
                 r
             }
-            Ok(Done::Stream(relay, headers)) => {
-                let mut r = Response::new(relay.boxed_unsync());
-                r.headers_mut().extend(headers);
-                r.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                r.headers_mut()
-                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            Ok(Done::Stream {
+                start,
+                encoder,
+                idle,
+            }) => {
+                // The backend is settled before the first byte: streams get the same headers.
+                let mut headers = HeaderMap::with_capacity(12);
+                llmesh_headers(&ticket, &mut headers, None);
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                let mut r = Response::new(Relay::new(start, encoder, idle, ticket).boxed_unsync());
+                *r.headers_mut() = headers;
                 r
             }
-            Err((e, t)) => {
+            Err(e) => {
                 let mut r = error_response(&e, endpoint.error_format());
-                llmesh_headers(&t, r.headers_mut(), None);
-                t.finish(e.status.as_u16(), None, e.reason, false);
+                llmesh_headers(&ticket, r.headers_mut(), None);
+                ticket.finish(e.status.as_u16(), None, e.reason, false);
                 r
             }
         };
@@ -463,16 +456,150 @@ fn answer(
     })
 }
 
-#[allow(clippy::large_enum_variant)] // transient, moved once into the response
+/// A generation request's answer, before it becomes a response.
 enum Done {
-    Full {
-        body: Bytes,
-        usage: Option<crate::providers::Usage>,
-        status: StatusCode,
-        ticket: Ticket,
+    /// A complete answer in the client's format.
+    Full { body: Bytes, usage: Option<Usage> },
+    /// A stream whose first chunk arrived, the encoder for the client's format, and the idle
+    /// timeout between chunks.
+    Stream {
+        start: StreamStart,
+        encoder: Box<dyn StreamEncoder>,
+        idle: Duration,
     },
-    /// The relay and the `x-llmesh-*` headers, taken before the ticket moved into the relay.
-    Stream(Relay, HeaderMap),
+}
+
+/// The stages of a generation request: the client's format read into the internal one
+/// ([`Ingress::read`]), the route resolved, [`admit`] (limits, rate limits, budgets, the plan),
+/// the cache ([`cache::lookup`]), the attempt loop ([`proxy::run`]) and [`respond`]. The ticket
+/// records what happened for the accounting when the request ends.
+async fn run(
+    app: &App,
+    headers: &HeaderMap,
+    raw: Result<Bytes, ApiError>,
+    endpoint: Endpoint,
+    ticket: &mut Ticket,
+) -> Result<Done, ApiError> {
+    let rt = app.runtime().ok_or_else(|| {
+        ApiError::not_ready(
+            "llmesh: no config loaded yet: the sidecar is waiting for its first snapshot",
+        )
+    })?;
+    ticket.rt = Some(rt.clone());
+    let raw = raw?;
+    let ctx = ingress::Context {
+        responses: &app.responses,
+        request_id: &ticket.request_id,
+    };
+    let mut ingress = Ingress::read(endpoint, &raw, headers, &ctx)?;
+    let model = match fields::get(&ingress.body, "model") {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        _ => {
+            return Err(ApiError::bad_request(
+                Some("model".into()),
+                "llmesh: you must provide a model parameter (the route name, e.g. \"model\": \"chat\")",
+            ));
+        }
+    };
+    ticket.model = crate::error::excerpt(model, MODEL_ECHO_BYTES).into_owned();
+    let Target { route: ri, pinned } =
+        rt.resolve(model).ok_or_else(|| unknown_model(&rt, model))?;
+    ticket.route = Some(ri);
+    let route = &rt.routes[ri];
+    let admitted = admit(route, &raw, headers, &mut ingress, pinned, ticket)?;
+    let first = admitted.plan.order[0];
+
+    let (status, hit) = cache::lookup(
+        route.cache.as_deref(),
+        admitted.stream,
+        headers,
+        first,
+        &raw,
+        |h| h.native || ingress.native_only.is_none(),
+        Instant::now(),
+    );
+    ticket.cache = status;
+    if status != CacheStatus::Off {
+        ticket
+            .ledger
+            .metrics
+            .cache
+            .with_label_values(&[&route.spec.name, status.as_str()])
+            .inc();
+    }
+    if let Some(hit) = hit {
+        ticket.backend = Some(hit.backend);
+        ticket.variant = None;
+        let body = ingress.answer(hit.body, None, hit.native)?;
+        return Ok(Done::Full { body, usage: None });
+    }
+
+    let call = Call {
+        op: endpoint.op(),
+        body: &mut ingress.body,
+        raw: ingress.verbatim.then_some(&raw[..]),
+        stream: admitted.stream,
+        client_wants_usage: admitted.client_wants_usage,
+        prompt_tokens: admitted.prompt_tokens,
+        max_tokens: admitted.limit.max_tokens,
+        max_tokens_chosen: admitted.limit.chosen.then_some(admitted.limit.key),
+        native: ingress.native.as_ref().map(|b| Native {
+            endpoint,
+            body: b,
+            headers: &ingress.native_headers,
+        }),
+    };
+    let outcome = proxy::run(route, &admitted.plan, call, ticket).await?;
+    respond(route, ingress, &admitted, raw, outcome, ticket)
+}
+
+/// The answer in the client's format. A complete one is charged at the provider's usage, or
+/// at an estimate marked as such when it reports none, and stored in the cache after a miss.
+fn respond(
+    route: &RouteState,
+    mut ingress: Ingress,
+    admitted: &Admitted,
+    raw: Bytes,
+    outcome: Outcome,
+    ticket: &Ticket,
+) -> Result<Done, ApiError> {
+    match outcome {
+        Outcome::Full {
+            body,
+            usage,
+            native,
+        } => {
+            let usage = usage.or_else(|| {
+                Some(Usage {
+                    prompt: u64::from(if admitted.estimated {
+                        admitted.prompt_tokens
+                    } else {
+                        tokens::chat_prompt(&ingress.body, false).tokens
+                    }),
+                    output: u64::from(tokens::answer_output(&body)),
+                    estimated: true,
+                    ..Default::default()
+                })
+            });
+            if let (Some(c), CacheStatus::Miss, Some(b)) =
+                (&route.cache, ticket.cache, ticket.backend)
+            {
+                let hit = Hit {
+                    body: body.clone(),
+                    backend: b,
+                    native,
+                };
+                c.put(admitted.plan.order[0], raw, hit, Instant::now());
+            }
+            let body = ingress.answer(body, usage.as_ref(), native)?;
+            Ok(Done::Full { body, usage })
+        }
+        Outcome::Stream(start) => Ok(Done::Stream {
+            encoder: ingress.encoder(start.native),
+            idle: Duration::from_millis(route.spec.timeouts.stream_idle_ms),
+            start,
+        }),
+    }
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -517,574 +644,13 @@ fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
     if let Some(rule) = &t.rule {
         set(h, "x-llmesh-rule", rule);
     }
-    if t.cache != "off" {
-        h.insert(X_CACHE, HeaderValue::from_static(t.cache));
+    if t.cache != CacheStatus::Off {
+        h.insert(X_CACHE, HeaderValue::from_static(t.cache.as_str()));
     }
     if let Some(c) = cost {
         let mut buf = [0u8; 24];
         if let Ok(v) = HeaderValue::from_str(crate::accesslog::usd(c, &mut buf)) {
             h.insert(X_COST, v);
         }
-    }
-}
-
-/// Everything between the parsed request and the response. The ticket comes back with the
-/// answer or the error so the caller accounts for it; for streams it moves into the relay.
-async fn run(
-    app: &Arc<App>,
-    headers: &HeaderMap,
-    raw: Result<Bytes, ApiError>,
-    endpoint: Endpoint,
-    mut ticket: Ticket,
-) -> Result<Done, (ApiError, Ticket)> {
-    let op = endpoint.op();
-    macro_rules! fail {
-        ($e:expr) => {{
-            return Err(($e, ticket));
-        }};
-    }
-    let Some(rt) = app.runtime() else {
-        fail!(ApiError::not_ready(
-            "llmesh: no config loaded yet: the sidecar is waiting for its first snapshot"
-        ))
-    };
-    ticket.rt = Some(rt.clone());
-    let raw = match raw {
-        Ok(b) => b,
-        Err(e) => fail!(e),
-    };
-    let mut body: Map<String, Value> = match serde_json::from_slice(&raw) {
-        Ok(b) => b,
-        Err(e) => fail!(ApiError::bad_request(
-            None,
-            format!(
-                "llmesh: the request body is not a JSON object ({e}); send Content-Type: application/json with an object body"
-            )
-        )),
-    };
-    // Kept for backends that speak the client's format natively (Anthropic on /v1/messages,
-    // OpenAI on /v1/responses).
-    let original =
-        matches!(endpoint, Endpoint::Messages | Endpoint::Responses).then(|| body.clone());
-    let native_headers: Vec<(HeaderName, HeaderValue)> = ["anthropic-version", "anthropic-beta"]
-        .into_iter()
-        .filter_map(|n| Some((HeaderName::from_static(n), headers.get(n)?.clone())))
-        .collect();
-    let mut native_only: Option<ApiError> = None;
-    let mut translation = match ingress::translate(
-        endpoint,
-        body,
-        &ingress::Context {
-            responses: &app.responses,
-            request_id: &ticket.request_id,
-        },
-    ) {
-        Ok((b, t)) => {
-            body = b;
-            t
-        }
-        // Only a backend that speaks the Responses API natively can serve it (built-in tools,
-        // state kept at OpenAI): routed on a stand-in body, sent as the client wrote it.
-        Err(e) if ingress::responses::needs_native(&e) && original.is_some() => {
-            body = ingress::responses::stand_in(original.as_ref().unwrap_or(&Map::new()));
-            native_only = Some(e);
-            None
-        }
-        Err(e) => fail!(e),
-    };
-    let passthrough = translation.as_ref().is_none_or(|t| t.passthrough());
-    // Whether `body` is still the parse of `raw`: then a provider may send `raw` on with the
-    // backend's model spliced in. Every change below clears it.
-    let mut verbatim = matches!(
-        endpoint,
-        Endpoint::Chat | Endpoint::Completion | Endpoint::Embedding
-    );
-    let model = match fields::get(&body, "model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => fail!(ApiError::bad_request(
-            Some("model".into()),
-            "llmesh: you must provide a model parameter (the route name, e.g. \"model\": \"chat\")"
-        )),
-    };
-    ticket.model = crate::error::excerpt(&model, MODEL_ECHO_BYTES).into_owned();
-    let Some(Target { route: ri, pinned }) = rt.resolve(&model) else {
-        fail!(unknown_model(&rt, &model))
-    };
-    ticket.route = Some(ri);
-    let route = &rt.routes[ri];
-    let name = route.spec.name.as_str();
-    // Refused before limits count it, as the translation's refusals are.
-    if let Some(why) = &native_only
-        && !route
-            .backends
-            .iter()
-            .any(|b| b.provider.speaks(&b.spec, endpoint))
-    {
-        fail!(no_native_backend(why, name, None))
-    }
-    let limits = &route.spec.limits;
-    let m = &app.metrics;
-    let reject = |limit: &str| m.limit_rejections.with_label_values(&[name, limit]).inc();
-
-    if raw.len() as u64 > limits.max_request_bytes {
-        reject("body_size");
-        fail!(ApiError::too_large(format!(
-            "llmesh: the request body is {} bytes, over route `{name}`'s limit of {} (limits.maxRequestBytes); send less, or raise the limit",
-            raw.len(),
-            limits.max_request_bytes
-        )))
-    }
-    if let Err(e) = validate(op, &body) {
-        fail!(e)
-    }
-    let stream = match fields::get(&body, "stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => op != Op::Embedding && *b,
-        // `"true"` is not `true`: served as a plain answer, it would surprise a client that
-        // waits for events (the Messages endpoint refuses it too).
-        Some(v) => fail!(ApiError::bad_request(
-            Some("stream".into()),
-            format!(
-                "llmesh: stream must be true or false (got {}); send it as a JSON boolean, without quotes",
-                crate::error::excerpt(&v.to_string(), 40)
-            )
-        )),
-    };
-    ticket.stream = stream;
-    // Translated formats report usage themselves, from the usage chunk.
-    let client_wants_usage = translation.is_some()
-        || fields::get(&body, "stream_options")
-            .and_then(|o| fields::get_in(o, "include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
-    // The estimate reads every byte of the prompt (about 13 instructions each): made now only
-    // when routing, a limit or a budget reads it, or when the client's bytes are not the chat
-    // body (a translated format). Otherwise it waits for an answer without usage or a client
-    // that goes away, and is made then from the client's bytes.
-    let reads = choose::reads_prompt(route);
-    let estimate_now = !verbatim
-        || reads.size
-        || limits.max_input_tokens.is_some()
-        || route.tpm.is_some()
-        || !route.budgets.is_empty();
-    let prompt = if estimate_now {
-        let p = tokens::chat_prompt(&body, reads.cues);
-        ticket.prompt_estimate = PromptEstimate::Known(p.tokens);
-        if let Some(t) = translation.as_mut() {
-            t.prompt_estimate(p.tokens);
-        }
-        p
-    } else {
-        // A stream outlives this body: keep a copy of its own size, not the read buffer a
-        // slice of it may hold.
-        ticket.prompt_estimate = PromptEstimate::Later(if stream {
-            Bytes::copy_from_slice(&raw)
-        } else {
-            raw.clone()
-        });
-        tokens::PromptFacts::default()
-    };
-
-    if let Some(max) = limits.max_input_tokens
-        && prompt.tokens > max
-    {
-        reject("input_tokens");
-        fail!(ApiError::bad_request(
-            Some(if op == Op::Chat { "messages" } else if op == Op::Embedding { "input" } else { "prompt" }.into()),
-            format!(
-                "llmesh: the prompt is about {} tokens (estimated), over route `{name}`'s limit of {max} (limits.maxInputTokens); shorten it or ask the route's owner to raise the limit",
-                prompt.tokens
-            )
-        )
-        .with_code("input_tokens_exceeded"))
-    }
-
-    // max_tokens: every field the client set binds, in whatever form it came; a limit llmesh
-    // sets goes into the field the client used, else the one the model takes.
-    let asked = match max_tokens_asked(&body) {
-        Ok(a) => a,
-        Err(e) => fail!(e),
-    };
-    let mut max_tokens = asked.map(|(n, _)| n);
-    let mt_key = match asked {
-        Some((_, key)) => key,
-        None if op == Op::Chat => "max_completion_tokens",
-        None => "max_tokens",
-    };
-    // Whether llmesh chose `max_tokens` (a route limit or a budget's clamp) rather than the
-    // client: then no backend is sent more than its model takes.
-    let mut chosen = false;
-    if op != Op::Embedding {
-        if let (Some(asked), Some(limit)) = (max_tokens, limits.max_tokens)
-            && asked > limit
-        {
-            match limits.max_tokens_policy {
-                MaxTokensPolicy::Clamp => {
-                    fields::set_output_limit(&mut body, mt_key, limit);
-                    verbatim = false;
-                    max_tokens = Some(limit);
-                    chosen = true;
-                }
-                MaxTokensPolicy::Reject => {
-                    reject("max_tokens");
-                    fail!(ApiError::bad_request(
-                        Some(mt_key.into()),
-                        format!("llmesh: {mt_key} is {asked}, over route `{name}`'s limit of {limit} (limits.maxTokens); ask for {limit} or fewer")
-                    )
-                    .with_code("max_tokens_exceeded"))
-                }
-            }
-        }
-        // A request that sets no limit gets the route's default, else its limit: a route
-        // limit binds every request, not only those that name one.
-        let default = match (limits.default_max_tokens, limits.max_tokens) {
-            (Some(d), Some(l)) => Some(d.min(l)),
-            (d, l) => d.or(l),
-        };
-        if max_tokens.is_none()
-            && let Some(d) = default
-        {
-            fields::set_output_limit(&mut body, mt_key, d);
-            verbatim = false;
-            max_tokens = Some(d);
-            chosen = true;
-        }
-    }
-
-    let now = Instant::now();
-    if let Some(b) = &route.rpm
-        && let Err(wait) = b.try_take(1, now)
-    {
-        reject("rpm");
-        fail!(ApiError::rate_limited(
-            "requests",
-            "rpm",
-            wait,
-            format!(
-                "llmesh: route `{name}` allows {} requests per minute from this pod (limits.requestsPerMinute); retry after {:.1}s",
-                b.per_minute(),
-                wait.as_secs_f64()
-            )
-        ))
-    }
-    if let Some(b) = &route.tpm {
-        if let Err(wait) = b.try_take(u64::from(prompt.tokens), now) {
-            reject("tpm");
-            fail!(ApiError::rate_limited(
-                "tokens",
-                "tpm",
-                wait,
-                format!(
-                    "llmesh: route `{name}` allows {} tokens per minute from this pod (limits.tokensPerMinute); retry after {:.1}s",
-                    b.per_minute(),
-                    wait.as_secs_f64()
-                )
-            ))
-        }
-        ticket.tpm_reserved = u64::from(prompt.tokens);
-    }
-
-    let user_key = header_str(headers, "x-llmesh-user")
-        .map(str::to_string)
-        .or_else(|| {
-            fields::get(&body, "user")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-    let facts = Facts {
-        user_key: user_key.as_deref(),
-        task: header_str(headers, "x-llmesh-task"),
-        prompt,
-        max_tokens,
-        op: Some(op),
-    };
-    let mut plan = choose::plan(route, &facts, now, pinned);
-    // A request only the native format can express goes to the backends that speak it, and
-    // never to the others first: their refusal would hide the answer the client can have.
-    let speaks = |i: usize| {
-        let b = &route.backends[i];
-        b.provider.speaks(&b.spec, endpoint)
-    };
-    if let Some(why) = &native_only {
-        plan.order.retain(|&i| speaks(i));
-        if plan.order.is_empty() {
-            fail!(no_native_backend(why, name, None))
-        }
-    }
-
-    // Budgets: priced on the backend chosen first.
-    let unix = app.clock.unix_now();
-    for budget in &route.budgets {
-        let prices = &route.backends[plan.order[0]].spec.prices;
-        match budget.admit(
-            user_key.as_deref(),
-            u64::from(prompt.tokens),
-            max_tokens,
-            route.backends[plan.order[0]].output_cap,
-            prices,
-            unix,
-        ) {
-            (Admission::Allow { max_tokens: clamp }, reservation) => {
-                if let Some(c) = clamp
-                    && op != Op::Embedding
-                {
-                    fields::set_output_limit(&mut body, mt_key, c);
-                    verbatim = false;
-                    max_tokens = Some(c);
-                    chosen = true;
-                }
-                if let Some(r) = reservation {
-                    ticket.reservations.push((budget.clone(), r));
-                }
-            }
-            (
-                Admission::Reject {
-                    retry_after,
-                    message,
-                },
-                _,
-            ) => {
-                reject("budget");
-                fail!(ApiError::budget_exceeded(Some(retry_after), message))
-            }
-            (Admission::Downgrade(backend), reservation) => {
-                if let Some(r) = reservation {
-                    ticket.reservations.push((budget.clone(), r));
-                }
-                match route.backends.iter().position(|b| b.spec.name == backend) {
-                    Some(i) if native_only.is_some() && !speaks(i) => {
-                        let why = native_only
-                            .clone()
-                            .unwrap_or_else(|| ApiError::internal(""));
-                        fail!(no_native_backend(&why, name, Some(&backend)))
-                    }
-                    Some(i) => {
-                        plan = choose::Plan {
-                            order: vec![i],
-                            rule: None,
-                        }
-                    }
-                    None => fail!(ApiError::internal(format!(
-                        "llmesh: budget downgrade backend `{backend}` is not in route `{name}`"
-                    ))),
-                }
-            }
-        }
-    }
-    ticket.rule = plan.rule.map(|i| route.spec.rules[i].name.clone());
-    ticket.variant = Some(route.backends[plan.order[0]].spec.variant.clone());
-
-    // Cache: exact match on the request body, non-streaming answers only.
-    let cache = if stream { None } else { route.cache.as_ref() };
-    if let Some(c) = cache {
-        let no_store = headers
-            .get(CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("no-store") || v.contains("no-cache"));
-        if no_store {
-            ticket.cache = "bypass";
-        } else if let Some(hit) = c
-            .get(plan.order[0], &raw, now)
-            .filter(|h| h.native || native_only.is_none())
-        {
-            ticket.cache = "hit";
-            ticket.backend = Some(hit.backend);
-            ticket.variant = None;
-            m.cache.with_label_values(&[name, "hit"]).inc();
-            let body = match translation {
-                Some(mut t) if !hit.native => match t.response(&hit.body, None) {
-                    Ok(b) => b,
-                    Err(e) => fail!(e),
-                },
-                _ => hit.body,
-            };
-            return Ok(Done::Full {
-                body,
-                usage: None,
-                status: StatusCode::OK,
-                ticket,
-            });
-        } else {
-            ticket.cache = "miss";
-        }
-        m.cache.with_label_values(&[name, ticket.cache]).inc();
-    }
-
-    let call = Call {
-        op,
-        body: &mut body,
-        raw: verbatim.then_some(&raw[..]),
-        stream,
-        client_wants_usage,
-        prompt_tokens: prompt.tokens,
-        max_tokens,
-        max_tokens_chosen: chosen.then_some(mt_key),
-        native: original
-            .as_ref()
-            .filter(|_| passthrough)
-            .map(|b| crate::providers::Native {
-                endpoint,
-                body: b,
-                headers: &native_headers,
-            }),
-    };
-    let outcome = proxy::run(route, &plan, call, &mut ticket).await;
-    let asked = &body;
-    match outcome {
-        Err(e) => fail!(e),
-        Ok(Outcome::Full {
-            body,
-            usage,
-            native,
-        }) => {
-            // A provider that reports no usage is still charged, at an estimate marked as such.
-            let usage = usage.or_else(|| {
-                Some(crate::providers::Usage {
-                    prompt: u64::from(if estimate_now {
-                        prompt.tokens
-                    } else {
-                        tokens::chat_prompt(asked, false).tokens
-                    }),
-                    output: u64::from(tokens::answer_output(&body)),
-                    estimated: true,
-                    ..Default::default()
-                })
-            });
-            if let (Some(c), "miss", Some(b)) = (cache, ticket.cache, ticket.backend) {
-                c.put(
-                    plan.order[0],
-                    raw,
-                    Hit {
-                        body: body.clone(),
-                        backend: b,
-                        native,
-                    },
-                    Instant::now(),
-                );
-            }
-            let body = match translation {
-                Some(mut t) if !native => match t.response(&body, usage.as_ref()) {
-                    Ok(b) => b,
-                    Err(e) => fail!(e),
-                },
-                _ => body,
-            };
-            Ok(Done::Full {
-                body,
-                usage,
-                status: StatusCode::OK,
-                ticket,
-            })
-        }
-        Ok(Outcome::Stream(start)) => {
-            let idle = Duration::from_millis(route.spec.timeouts.stream_idle_ms);
-            let encoder: Box<dyn crate::relay::StreamEncoder> = match translation {
-                _ if start.native && endpoint == Endpoint::Responses => {
-                    Box::new(crate::relay::NativeResponsesSse::default())
-                }
-                _ if start.native => Box::new(crate::relay::NativeSse(endpoint.error_format())),
-                Some(t) => t.encoder(),
-                None => Box::new(OpenAiSse),
-            };
-            // The backend is settled before the first byte: streams get the same headers.
-            let mut headers = HeaderMap::new();
-            llmesh_headers(&ticket, &mut headers, None);
-            Ok(Done::Stream(
-                Relay::new(start, encoder, idle, ticket),
-                headers,
-            ))
-        }
-    }
-}
-
-/// The refusal for a request only a native backend could serve, on a route (or a budget
-/// downgrade to `downgraded`) without one.
-fn no_native_backend(why: &ApiError, route: &str, downgraded: Option<&str>) -> ApiError {
-    let mut e = why.clone();
-    match downgraded {
-        None => e.message.push_str(&format!(
-            ". Route `{route}` has no backend that speaks the Responses API natively (provider: openai)"
-        )),
-        Some(b) => e.message.push_str(&format!(
-            ". A budget of route `{route}` moved the request to backend `{b}`, which does not speak the Responses API natively"
-        )),
-    }
-    e
-}
-
-/// The minimal shape each operation needs; everything else passes through to the provider.
-/// The output limit the client asked for (the larger of `max_tokens` and
-/// `max_completion_tokens` when both are set, as each binds) and the field it came in. A limit
-/// that is not a whole number (`100000.0`, `1e5`, `"100000"`) is refused: forwarded as written,
-/// it would pass no check and reach servers that accept it.
-fn max_tokens_asked(body: &Map<String, Value>) -> Result<Option<(u32, &'static str)>, ApiError> {
-    let mut asked: Option<(u32, &'static str)> = None;
-    for key in ["max_completion_tokens", "max_tokens"] {
-        match fields::get(body, key) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64() {
-                Some(n) => {
-                    let n = n.min(u64::from(u32::MAX)) as u32;
-                    if asked.is_none_or(|(a, _)| n > a) {
-                        asked = Some((n, key));
-                    }
-                }
-                None => {
-                    return Err(ApiError::bad_request(
-                        Some(key.into()),
-                        format!(
-                            "llmesh: {key} must be a whole number of tokens, such as 1024 (got {}); send it as a JSON integer, without quotes, decimals or exponent",
-                            crate::error::excerpt(&v.to_string(), 40)
-                        ),
-                    ));
-                }
-            },
-        }
-    }
-    Ok(asked)
-}
-
-fn validate(op: Op, body: &Map<String, Value>) -> Result<(), ApiError> {
-    match op {
-        Op::Chat => match fields::get(body, "messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {
-                for (i, msg) in m.iter().enumerate() {
-                    if fields::get_in(msg, "role")
-                        .and_then(Value::as_str)
-                        .is_none()
-                    {
-                        return Err(ApiError::bad_request(
-                            Some(format!("messages[{i}].role")),
-                            format!(
-                                "llmesh: messages[{i}] has no role: each message needs \"role\" (system, user, assistant or tool)"
-                            ),
-                        ));
-                    }
-                }
-                Ok(())
-            }
-            Some(Value::Array(_)) => Err(ApiError::bad_request(
-                Some("messages".into()),
-                "llmesh: messages is empty: send at least one message",
-            )),
-            _ => Err(ApiError::bad_request(
-                Some("messages".into()),
-                "llmesh: messages is required and must be an array of {\"role\", \"content\"} objects",
-            )),
-        },
-        Op::Completion => match fields::get(body, "prompt") {
-            Some(Value::String(_) | Value::Array(_)) => Ok(()),
-            _ => Err(ApiError::bad_request(
-                Some("prompt".into()),
-                "llmesh: prompt is required (a string or an array of strings)",
-            )),
-        },
-        Op::Embedding => match fields::get(body, "input") {
-            Some(Value::String(_) | Value::Array(_)) => Ok(()),
-            _ => Err(ApiError::bad_request(
-                Some("input".into()),
-                "llmesh: input is required (a string or an array of strings or token arrays)",
-            )),
-        },
     }
 }

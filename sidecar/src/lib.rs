@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod account;
+pub mod admit;
 pub mod app;
 pub mod breaker;
 pub mod budget;
@@ -20,6 +21,7 @@ pub mod fields;
 pub mod handler;
 pub mod import;
 pub mod ingress;
+pub mod internal;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -17,7 +17,8 @@ use llmesh_api::snapshot::Retry;
 use crate::account::Ticket;
 use crate::choose::Plan;
 use crate::error::ApiError;
-use crate::providers::{Chunk, ErrorClass, Op, StreamDecoder, UpstreamError, Usage};
+use crate::internal::{Chunk, Op, Usage};
+use crate::providers::{ErrorClass, StreamDecoder, UpstreamError};
 use crate::runtime::{BackendState, RouteState};
 use crate::sse::SseParser;
 use crate::transport::UpstreamBody;
@@ -98,8 +99,8 @@ pub async fn run(
     // After a context-window error, only backends with a larger window are worth trying.
     let mut min_window: Option<u32> = None;
     let mut previous: Option<(usize, &'static str)> = None;
-    let app = ticket.app.clone();
-    let metrics = &app.metrics;
+    let ledger = ticket.ledger.clone();
+    let metrics = &*ledger.metrics;
     let route_name = route.spec.name.as_str();
 
     for &idx in &plan.order {
@@ -205,7 +206,7 @@ pub async fn run(
                         .with_label_values(&[route_name, "buffered_bytes"])
                         .inc();
                     return Err(crate::limits::Spent {
-                        max: app.buffers.max(),
+                        max: ledger.buffers.max(),
                     }
                     .error());
                 }

@@ -34,9 +34,8 @@ use serde_json::{Map, Value, json};
 
 use super::{Context, Translated, Translation};
 use crate::error::ApiError;
-use crate::providers::Usage;
-use crate::providers::openai::OaUsage;
-use crate::relay::StreamEncoder;
+use crate::internal::StreamEncoder;
+use crate::internal::{OaUsage, Usage};
 use crate::tokens;
 
 pub mod stream;

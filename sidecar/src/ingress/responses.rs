@@ -279,7 +279,7 @@ impl Pending {
 }
 
 /// OpenAI chat usage as Responses usage.
-fn usage(chat: &Value, normalized: Option<&crate::providers::Usage>) -> Value {
+fn usage(chat: &Value, normalized: Option<&crate::internal::Usage>) -> Value {
     let n = |p: &str| chat.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     let (input, cached, out) = match normalized {
         Some(u) => (u.prompt, u.cached_input, u.output),

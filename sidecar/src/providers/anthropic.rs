@@ -54,8 +54,8 @@ impl Provider for Anthropic {
         op == Op::Chat
     }
 
-    fn speaks(&self, _backend: &Backend, endpoint: crate::ingress::Endpoint) -> bool {
-        endpoint == crate::ingress::Endpoint::Messages
+    fn speaks(&self, _backend: &Backend, endpoint: crate::internal::Endpoint) -> bool {
+        endpoint == crate::internal::Endpoint::Messages
     }
 
     fn native_request(

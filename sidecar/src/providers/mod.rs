@@ -10,74 +10,15 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 
 use llmesh_api::ProviderKind;
-use llmesh_api::money::{MicroUsd, cost_of};
-use llmesh_api::prices::Prices;
 use llmesh_api::snapshot::Backend;
 
+pub use crate::internal::{Chunk, Op, Usage};
 use crate::sse::SseEvent;
 
 pub mod anthropic;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
-
-/// What the client asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// `/v1/chat/completions` (and every format translated into it).
-    Chat,
-    /// `/v1/completions`.
-    Completion,
-    /// `/v1/embeddings`.
-    Embedding,
-}
-
-impl Op {
-    /// Name for logs and metrics (`gen_ai.operation.name`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Chat => "chat",
-            Op::Completion => "text_completion",
-            Op::Embedding => "embeddings",
-        }
-    }
-}
-
-/// Token usage of one request, normalised across providers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// All prompt tokens, cached and cache-write ones included.
-    pub prompt: u64,
-    /// Prompt tokens read from the provider's cache (part of `prompt`).
-    pub cached_input: u64,
-    /// Prompt tokens written to the provider's cache (part of `prompt`).
-    pub cache_write: u64,
-    /// Completion tokens, reasoning included.
-    pub output: u64,
-    /// True when counted by our estimator rather than reported by the provider.
-    pub estimated: bool,
-}
-
-impl Usage {
-    /// Uncached, unwritten prompt tokens.
-    pub fn uncached_input(&self) -> u64 {
-        self.prompt
-            .saturating_sub(self.cached_input.saturating_add(self.cache_write))
-    }
-
-    /// Prompt plus completion.
-    pub fn total(&self) -> u64 {
-        self.prompt.saturating_add(self.output)
-    }
-
-    /// Cost in micro-dollars at `prices`, each token class at its own price.
-    pub fn cost(&self, prices: &Prices) -> MicroUsd {
-        cost_of(self.uncached_input(), prices.input)
-            .saturating_add(cost_of(self.cached_input, prices.cached_input))
-            .saturating_add(cost_of(self.cache_write, prices.cache_write))
-            .saturating_add(cost_of(self.output, prices.output))
-    }
-}
 
 /// How an upstream failure is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,15 +92,6 @@ pub struct Decoded {
     pub usage: Option<Usage>,
 }
 
-/// One piece of a stream, in OpenAI chat-completion-chunk shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Chunk {
-    /// The JSON of one `chat.completion.chunk` (or text completion chunk).
-    Data(Bytes),
-    /// The end of the stream (`data: [DONE]`).
-    Done,
-}
-
 /// Turns one provider's event stream into OpenAI chunks.
 pub trait StreamDecoder: Send {
     /// Handles one SSE event; pushes zero or more chunks. An `Err` is an error the provider
@@ -185,7 +117,7 @@ pub trait StreamDecoder: Send {
 /// server-side conversation state on the Responses API).
 pub struct Native<'a> {
     /// The endpoint the client called.
-    pub endpoint: crate::ingress::Endpoint,
+    pub endpoint: crate::internal::Endpoint,
     /// The client's body.
     pub body: &'a Map<String, Value>,
     /// Client headers to forward (`anthropic-version`, `anthropic-beta`).
@@ -214,7 +146,7 @@ pub(crate) fn native_body(
 /// One provider's translation in both directions.
 pub trait Provider: Send + Sync {
     /// Whether `backend` speaks the format of `endpoint` natively.
-    fn speaks(&self, _backend: &Backend, _endpoint: crate::ingress::Endpoint) -> bool {
+    fn speaks(&self, _backend: &Backend, _endpoint: crate::internal::Endpoint) -> bool {
         false
     }
     /// The upstream request for a native body; `max_tokens` is the limit after route limits and
@@ -497,25 +429,6 @@ impl UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn costs_price_each_token_class() {
-        let p = Prices {
-            input: 3_000_000,
-            output: 15_000_000,
-            cached_input: 300_000,
-            cache_write: 3_750_000,
-        };
-        let u = Usage {
-            prompt: 10_000,
-            cached_input: 6_000,
-            cache_write: 2_000,
-            output: 1_000,
-            estimated: false,
-        };
-        // 2,000 uncached * $3 + 6,000 cached * $0.30 + 2,000 written * $3.75 + 1,000 out * $15, per 1M.
-        assert_eq!(u.cost(&p), 6_000 + 1_800 + 7_500 + 15_000);
-    }
 
     #[test]
     fn retry_after_reads_seconds_and_milliseconds() {

@@ -21,6 +21,7 @@ use super::{
     redact_json, retry_after,
 };
 use crate::fields;
+use crate::internal::OaUsage;
 use crate::sse::SseEvent;
 
 /// The OpenAI-compatible adapter.
@@ -87,8 +88,8 @@ impl Provider for OpenAiFamily {
         true
     }
 
-    fn speaks(&self, backend: &Backend, endpoint: crate::ingress::Endpoint) -> bool {
-        endpoint == crate::ingress::Endpoint::Responses && speaks_responses(backend)
+    fn speaks(&self, backend: &Backend, endpoint: crate::internal::Endpoint) -> bool {
+        endpoint == crate::internal::Endpoint::Responses && speaks_responses(backend)
     }
 
     fn native_request(
@@ -337,44 +338,6 @@ impl Provider for Unsupported {
     }
     fn stream(&self, backend: &Backend, op: Op, wants: bool) -> Box<dyn StreamDecoder> {
         OpenAiFamily.stream(backend, op, wants)
-    }
-}
-
-/// Usage as OpenAI-compatible servers report it.
-#[derive(Deserialize, Default, Debug)]
-pub struct OaUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-    // DeepSeek reports cache hits here instead.
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-impl OaUsage {
-    /// Normalised usage.
-    pub fn normalise(&self) -> Usage {
-        Usage {
-            prompt: self.prompt_tokens.unwrap_or(0),
-            cached_input: self
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d.cached_tokens)
-                .or(self.prompt_cache_hit_tokens)
-                .unwrap_or(0),
-            cache_write: 0,
-            output: self.completion_tokens.unwrap_or(0),
-            estimated: false,
-        }
     }
 }
 

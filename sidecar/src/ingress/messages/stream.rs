@@ -18,8 +18,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{stop_reason, tool_use_id, usage_json, usage_of};
-use crate::providers::{Chunk, Usage};
-use crate::relay::StreamEncoder;
+use crate::internal::StreamEncoder;
+use crate::internal::{Chunk, Usage};
 
 /// The content block being written.
 #[derive(Clone, Copy, PartialEq, Eq)]

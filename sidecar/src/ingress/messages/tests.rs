@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::ingress::responses::Store;
-use crate::providers::Chunk;
+use crate::internal::Chunk;
 
 const REQUEST_ID: &str = "req_test-1";
 

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use super::{Ids, Pending, Status, stream, usage};
 use crate::error::ApiError;
 use crate::ingress::Translation;
-use crate::providers::Usage;
-use crate::relay::StreamEncoder;
+use crate::internal::StreamEncoder;
+use crate::internal::Usage;
 
 /// An `output_text` content part.
 pub(super) fn output_text(text: &str) -> Value {

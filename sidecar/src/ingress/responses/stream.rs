@@ -15,8 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::output::{call_item, message_item, output_text, refusal};
 use super::{Pending, Status, usage};
-use crate::providers::Chunk;
-use crate::relay::StreamEncoder;
+use crate::internal::Chunk;
+use crate::internal::StreamEncoder;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use super::stream::Encoder;
 use super::{Ids, Store, request};
 use crate::error::ErrorFormat;
-use crate::providers::Chunk;
-use crate::relay::StreamEncoder;
+use crate::internal::Chunk;
+use crate::internal::StreamEncoder;
 
 fn ids() -> Ids {
     Ids::fixed("0123456789abcdef", 1_700_000_000)

@@ -231,7 +231,7 @@ event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"
         )
         .unwrap();
         let native = crate::providers::Native {
-            endpoint: crate::ingress::Endpoint::Messages,
+            endpoint: crate::internal::Endpoint::Messages,
             body: &body,
             headers: &[],
         };

@@ -226,7 +226,7 @@ fn the_body_keeps_everything_but_the_model_and_the_limit() {
     }))
     .unwrap();
     let native = crate::providers::Native {
-        endpoint: crate::ingress::Endpoint::Responses,
+        endpoint: crate::internal::Endpoint::Responses,
         body: &b,
         headers: &[],
     };

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use llmesh_api::ProviderKind;
 use llmesh_api::money::cost_of;
 use llmesh_api::prices::Prices;
-use llmesh_sidecar::providers::openai::OaUsage;
+use llmesh_sidecar::internal::OaUsage;
 use llmesh_sidecar::providers::{Op, Usage, for_kind};
 use serde_json::{Value, json};
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fields;
 pub mod handler;
 pub mod ingress;
+mod keys;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -117,6 +117,15 @@ const WAKE_AT: usize = 64 * 1024;
 /// the output is stuck (a blocked pipe) or far slower than the requests.
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
+/// `--access-log`: whether one JSON line per request goes to stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Write the access log.
+    On,
+    /// Write none.
+    Off,
+}
+
 /// Where access log lines go.
 #[derive(Clone)]
 pub struct AccessLog {

@@ -234,10 +234,6 @@ fn check_json(p: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     Err(e)
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn check_local_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if app.local_keys.is_empty() {
         return Ok(());
@@ -256,9 +252,7 @@ fn check_local_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     };
     // Compare against every key so timing does not reveal which one matched.
-    let ok = app.local_keys.iter().fold(false, |acc, k| {
-        acc | ct_eq(k.as_bytes(), key.trim().as_bytes())
-    });
+    let ok = crate::keys::accepts(&app.local_keys, key.trim());
     if ok {
         Ok(())
     } else {

@@ -22,6 +22,7 @@ pub mod handler;
 pub mod import;
 pub mod ingress;
 pub mod internal;
+mod keys;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -11,10 +11,20 @@ use clap::Parser;
 
 use llmesh_api::duration::parse_duration;
 use llmesh_sidecar::App;
+use llmesh_sidecar::accesslog;
 use llmesh_sidecar::config::{self, FileSource};
 use llmesh_sidecar::limits::{self, Limits};
 use llmesh_sidecar::operator_client::{self, OperatorSource};
 use llmesh_sidecar::server;
+
+/// `--log-format`: how operational logs (stderr) are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// An OpenAI- and Anthropic-compatible LLM gateway for one pod (or one laptop).
 #[derive(Parser, Debug)]
@@ -86,12 +96,12 @@ struct Args {
     shutdown_grace: Duration,
 
     /// Write one JSON access-log line per request to stdout.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    access_log: String,
+    #[arg(long, value_enum, default_value_t = accesslog::Mode::On)]
+    access_log: accesslog::Mode,
 
     /// Log format for operational logs (stderr).
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     /// Name of an environment variable holding comma-separated API keys clients must send
     /// (required when listening beyond loopback).
@@ -224,7 +234,7 @@ fn app(args: &Args, keys: Vec<String>, open_files: u64) -> std::sync::Arc<App> {
         }),
     };
     App::builder()
-        .access_log(args.access_log == "on")
+        .access_log(args.access_log == accesslog::Mode::On)
         .local_keys(keys)
         .responses_store(args.responses_store_entries, args.responses_store_ttl)
         .max_in_flight(args.max_in_flight)
@@ -244,7 +254,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == "json" {
+    if args.log_format == LogFormat::Json {
         sub.json().init();
     } else {
         sub.init();

@@ -18,16 +18,17 @@ mod tests;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use llmesh_api::snapshot::Backend;
 
+use super::upstream::{self, Auth};
 use super::{
-    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, redact, retry_after,
+    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, key, redact,
+    retry_after,
 };
 
 /// The Messages API version this adapter speaks.
@@ -67,22 +68,15 @@ impl Provider for Anthropic {
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let bytes = native::body(native, &backend.model, max_tokens);
         // The client's API version and betas go along: they describe the body it wrote.
-        let forwarded: Vec<(&str, &str)> = native
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
-        http_request(backend, bytes, stream, &forwarded)
+        http_request(backend, bytes, stream, native.headers)
     }
 
     fn native_decode(&self, backend: &Backend, body: Bytes) -> Result<Decoded, UpstreamError> {
-        native::decode(body, backend.api_key.as_ref().map(|k| k.expose()))
+        native::decode(body, key(backend))
     }
 
     fn native_stream(&self, backend: &Backend) -> Box<dyn StreamDecoder> {
-        Box::new(native::Passthrough::new(
-            backend.api_key.as_ref().map(|k| k.expose().to_string()),
-        ))
+        Box::new(native::Passthrough::new(key(backend).map(str::to_string)))
     }
 
     fn request(
@@ -93,17 +87,11 @@ impl Provider for Anthropic {
         _raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        if op != Op::Chat {
-            return Err(UpstreamError::unsupported(format!(
-                "Anthropic does not serve {}",
-                op.as_str()
-            )));
+        if !self.supports(op) {
+            return Err(UpstreamError::cannot_serve("Anthropic", op));
         }
         let translated = request::translate(body, stream)?;
-        let bytes = serde_json::to_vec(&translated).map_err(|e| {
-            UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
-        })?;
-        http_request(backend, bytes, stream, &[])
+        http_request(backend, upstream::encode(&translated)?, stream, &[])
     }
 
     fn error(
@@ -113,20 +101,11 @@ impl Provider for Anthropic {
         headers: &HeaderMap,
         body: &[u8],
     ) -> UpstreamError {
-        classify(
-            backend.api_key.as_ref().map(|k| k.expose()),
-            status,
-            headers,
-            body,
-        )
+        classify(key(backend), status, headers, body)
     }
 
     fn decode(&self, backend: &Backend, _op: Op, body: Bytes) -> Result<Decoded, UpstreamError> {
-        response::decode(
-            &body,
-            now_unix(),
-            backend.api_key.as_ref().map(|k| k.expose()),
-        )
+        response::decode(&body, now_unix(), key(backend))
     }
 
     fn stream(
@@ -139,7 +118,7 @@ impl Provider for Anthropic {
             &backend.model,
             client_wants_usage,
             now_unix(),
-            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+            key(backend).map(str::to_string),
         ))
     }
 }
@@ -251,67 +230,34 @@ fn stream_error(data: &[u8], key: Option<&str>) -> UpstreamError {
     )
 }
 
-/// The HTTP request to `{base}/messages`: API version (the client's, when forwarded), key,
-/// and the backend's own headers, which win.
+/// The HTTP request to `{base}/messages`: the API version (the client's, when forwarded), the
+/// client's other forwarded headers (`anthropic-beta`), the key in `x-api-key`, and the
+/// backend's own headers, which replace any of these of the same name: a backend may pin another
+/// API version or its own betas.
 fn http_request(
     backend: &Backend,
     bytes: Vec<u8>,
     stream: bool,
-    forwarded: &[(&str, &str)],
+    forwarded: &[(HeaderName, HeaderValue)],
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    let own = |name: &str| {
-        !backend
-            .headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case(name))
-    };
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{}/messages", backend.base_url))
-        .header(CONTENT_TYPE, "application/json")
-        .header(
-            ACCEPT,
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        );
-    let client_version = forwarded
-        .iter()
-        .find(|(k, _)| *k == "anthropic-version")
-        .map(|(_, v)| *v);
-    // A backend may pin another API version (or add `anthropic-beta`) through `headers`.
-    if own("anthropic-version") {
-        req = req.header("anthropic-version", client_version.unwrap_or(API_VERSION));
-    }
-    for (k, v) in forwarded {
-        if *k != "anthropic-version" && own(k) {
-            req = req.header(*k, *v);
-        }
-    }
-    if let Some(key) = &backend.api_key {
-        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| UpstreamError {
-            class: ErrorClass::Auth,
-            status: None,
-            message: format!(
-                "the API key of backend `{}` contains characters not allowed in a header",
-                backend.name
-            ),
-            retry_after: None,
-            reason: "auth",
-            openai_body: None,
-        })?;
-        value.set_sensitive(true);
-        req = req.header("x-api-key", value);
-    }
-    for (k, v) in &backend.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
-        UpstreamError::unsupported(format!(
-            "invalid upstream request for backend `{}`: {e}",
-            backend.name
-        ))
-    })
+    let version = HeaderName::from_static("anthropic-version");
+    // Only visible ASCII values go along.
+    let forwarded = forwarded.iter().filter(|(_, v)| v.to_str().is_ok());
+    let mut defaults = Vec::with_capacity(2);
+    defaults.push((
+        version.clone(),
+        forwarded
+            .clone()
+            .find(|(k, _)| *k == version)
+            .map_or(HeaderValue::from_static(API_VERSION), |(_, v)| v.clone()),
+    ));
+    defaults.extend(forwarded.filter(|(k, _)| *k != version).cloned());
+    upstream::post(
+        backend,
+        format!("{}/messages", backend.base_url),
+        Auth::Header("x-api-key"),
+        &defaults,
+        bytes,
+        stream,
+    )
 }

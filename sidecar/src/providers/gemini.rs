@@ -16,16 +16,17 @@ mod tests;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use llmesh_api::snapshot::Backend;
 
+use super::upstream::{self, Auth};
 use super::{
-    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, redact, retry_after,
+    Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, excerpt, key, redact,
+    retry_after,
 };
 
 /// The Gemini adapter.
@@ -70,56 +71,22 @@ impl Provider for Gemini {
         _raw: Option<&[u8]>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        if op != Op::Chat {
-            return Err(UpstreamError::unsupported(format!(
-                "this Gemini adapter does not serve {}",
-                op.as_str()
-            )));
+        if !self.supports(op) {
+            return Err(UpstreamError::cannot_serve("Gemini", op));
         }
         let model = body
             .get("model")
             .and_then(Value::as_str)
             .unwrap_or(&backend.model);
         let translated = request::translate(body, model)?;
-        let bytes = serde_json::to_vec(&translated).map_err(|e| {
-            UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
-        })?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(url(backend, model, stream))
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
-        if let Some(key) = &backend.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| UpstreamError {
-                class: ErrorClass::Auth,
-                status: None,
-                message: format!(
-                    "the API key of backend `{}` contains characters not allowed in a header",
-                    backend.name
-                ),
-                retry_after: None,
-                reason: "auth",
-                openai_body: None,
-            })?;
-            value.set_sensitive(true);
-            req = req.header("x-goog-api-key", value);
-        }
-        for (k, v) in &backend.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        req.body(Full::new(Bytes::from(bytes))).map_err(|e| {
-            UpstreamError::unsupported(format!(
-                "invalid upstream request for backend `{}`: {e}",
-                backend.name
-            ))
-        })
+        upstream::post(
+            backend,
+            url(backend, model, stream),
+            Auth::Header("x-goog-api-key"),
+            &[],
+            upstream::encode(&translated)?,
+            stream,
+        )
     }
 
     fn error(
@@ -129,12 +96,7 @@ impl Provider for Gemini {
         headers: &HeaderMap,
         body: &[u8],
     ) -> UpstreamError {
-        classify(
-            backend.api_key.as_ref().map(|k| k.expose()),
-            status,
-            headers,
-            body,
-        )
+        classify(key(backend), status, headers, body)
     }
 
     fn decode(&self, backend: &Backend, _op: Op, body: Bytes) -> Result<Decoded, UpstreamError> {
@@ -143,7 +105,7 @@ impl Provider for Gemini {
             &backend.model,
             now_unix(),
             &mut fastrand::Rng::new(),
-            backend.api_key.as_ref().map(|k| k.expose()),
+            key(backend),
         )
     }
 
@@ -158,7 +120,7 @@ impl Provider for Gemini {
             client_wants_usage,
             now_unix(),
             fastrand::Rng::new(),
-            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+            key(backend).map(str::to_string),
         ))
     }
 }

@@ -15,10 +15,12 @@ use llmesh_api::snapshot::Backend;
 pub use crate::internal::{Chunk, Op, Usage};
 use crate::sse::SseEvent;
 
-pub mod anthropic;
-pub mod gemini;
+pub(crate) mod anthropic;
+pub(crate) mod gemini;
 pub mod mock;
-pub mod openai;
+pub(crate) mod openai;
+mod shape;
+mod upstream;
 
 /// How an upstream failure is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +206,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// The adapter for a provider kind.
-pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
+pub(crate) fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
     match kind {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &gemini::Gemini,
@@ -214,7 +216,7 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
 
 /// Parses `retry-after` (seconds or an HTTP date is not trusted: only seconds) and OpenAI's
 /// `retry-after-ms`.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -233,7 +235,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// any run of [`KEY_FRAGMENT`] or more of its characters (a key cut in two by someone's
 /// truncation), and `sk-...`-style tokens (OpenAI echoes a masked key in 401 messages). Cuts the
 /// result to 1,000 bytes, after redacting, so a cut never leaves part of a key behind.
-pub fn redact(message: &str, key: Option<&str>) -> String {
+pub(crate) fn redact(message: &str, key: Option<&str>) -> String {
     let mut s = redact_whole(message, key);
     cut(&mut s, 1_000);
     s
@@ -241,14 +243,14 @@ pub fn redact(message: &str, key: Option<&str>) -> String {
 
 /// [`redact`] of an upstream body that may not be text or JSON: decoded lossily, redacted whole,
 /// then cut to `max` bytes.
-pub fn excerpt(body: &[u8], max: usize, key: Option<&str>) -> String {
+pub(crate) fn excerpt(body: &[u8], max: usize, key: Option<&str>) -> String {
     let mut s = redact_whole(&String::from_utf8_lossy(body), key);
     cut(&mut s, max);
     s
 }
 
 /// The shortest run of a key's characters that counts as a part of it.
-pub const KEY_FRAGMENT: usize = 8;
+pub(crate) const KEY_FRAGMENT: usize = 8;
 
 fn cut(s: &mut String, max: usize) {
     if s.len() > max {
@@ -373,7 +375,7 @@ fn unescape_ascii(s: &str) -> std::borrow::Cow<'_, str> {
 /// the key (and anything key-like) is redacted; otherwise it is returned as is, after one
 /// `memmem` search. Success content is searched for the whole key only: a part of a key comes
 /// from a cut, and only error paths cut.
-pub fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
+pub(crate) fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
     match key {
         Some(k) if k.len() >= 4 && memchr::memmem::find(&data, k.as_bytes()).is_some() => {
             Bytes::from(redact_whole(&String::from_utf8_lossy(&data), key))
@@ -386,7 +388,7 @@ pub fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
 /// uncut; `None` when the body is not JSON. What a client gets back of an upstream's own error
 /// body: escapes (`\u0073k-...`) are decoded before the search, so they hide nothing. A body
 /// with nothing to redact comes back byte for byte.
-pub fn redact_json(body: &[u8], key: Option<&str>) -> Option<Bytes> {
+pub(crate) fn redact_json(body: &[u8], key: Option<&str>) -> Option<Bytes> {
     fn clean(s: &str, key: Option<&str>, changed: &mut bool) -> String {
         let r = redact_whole(s, key);
         *changed |= r != s;
@@ -424,6 +426,25 @@ impl UpstreamError {
         }
         self
     }
+}
+
+impl UpstreamError {
+    /// The one refusal of a request a provider's API cannot express: `{provider} cannot express
+    /// {what}`. The request goes to the next backend without calling this one.
+    pub(crate) fn cannot_express(provider: &str, what: impl std::fmt::Display) -> Self {
+        Self::unsupported(format!("{provider} cannot express {what}"))
+    }
+
+    /// The refusal of an operation a provider does not serve at all (Anthropic and Gemini have
+    /// no text completions or embeddings here).
+    pub(crate) fn cannot_serve(provider: &str, op: Op) -> Self {
+        Self::unsupported(format!("{provider} does not serve {}", op.as_str()))
+    }
+}
+
+/// The backend's API key, when it has one: the one place provider code reads it.
+pub(crate) fn key(backend: &Backend) -> Option<&str> {
+    backend.api_key.as_ref().map(|k| k.expose())
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 //! the side.
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use memchr::memmem::Finder;
 use serde::Deserialize;
@@ -16,9 +15,10 @@ use serde_json::{Map, Value};
 use llmesh_api::ProviderKind;
 use llmesh_api::snapshot::Backend;
 
+use super::upstream::{self, Auth};
 use super::{
-    Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, excerpt, redact,
-    redact_json, retry_after,
+    Chunk, Decoded, ErrorClass, Op, Provider, StreamDecoder, UpstreamError, Usage, excerpt, key,
+    redact, redact_json, retry_after,
 };
 use crate::fields;
 use crate::internal::OaUsage;
@@ -26,12 +26,6 @@ use crate::sse::SseEvent;
 
 /// The OpenAI-compatible adapter.
 pub struct OpenAiFamily;
-
-/// Placeholder for providers whose translation is not built into this binary.
-pub struct Unsupported;
-
-/// The one instance of [`Unsupported`].
-pub static UNSUPPORTED: Unsupported = Unsupported;
 
 fn path(op: Op) -> &'static str {
     match op {
@@ -109,12 +103,12 @@ impl Provider for OpenAiFamily {
     }
 
     fn native_decode(&self, backend: &Backend, body: Bytes) -> Result<Decoded, UpstreamError> {
-        responses::decode(body, backend.api_key.as_ref().map(|k| k.expose()))
+        responses::decode(body, key(backend))
     }
 
     fn native_stream(&self, backend: &Backend) -> Box<dyn StreamDecoder> {
         Box::new(responses::Passthrough::new(
-            backend.api_key.as_ref().map(|k| k.expose().to_string()),
+            key(backend).map(str::to_string),
         ))
     }
 
@@ -178,9 +172,7 @@ impl Provider for OpenAiFamily {
         } else {
             serde_json::to_vec(body)
         }
-        .map_err(|e| {
-            UpstreamError::unsupported(format!("could not encode the upstream request: {e}"))
-        })?;
+        .map_err(upstream::encode_failed)?;
 
         http_request(backend, url(backend, op), bytes, stream)
     }
@@ -210,7 +202,7 @@ impl Provider for OpenAiFamily {
             return Err(UpstreamError {
                 class: ErrorClass::Retryable,
                 status: None,
-                message: redact(&err.message(), backend.api_key.as_ref().map(|k| k.expose())),
+                message: redact(&err.message(), key(backend)),
                 retry_after: None,
                 reason: "error_body",
                 openai_body: None,
@@ -230,7 +222,7 @@ impl Provider for OpenAiFamily {
     ) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream {
             client_wants_usage,
-            key: backend.api_key.as_ref().map(|k| k.expose().to_string()),
+            key: key(backend).map(str::to_string),
             usage: None,
             done: false,
             finished: false,
@@ -246,99 +238,12 @@ fn http_request(
     bytes: Vec<u8>,
     stream: bool,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    let uri = http::Uri::try_from(url).map_err(|e| {
-        UpstreamError::unsupported(format!(
-            "backend `{}` has an invalid URL: {e}",
-            backend.name
-        ))
-    })?;
-    let mut req = Request::new(Full::new(Bytes::from(bytes)));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri;
-    let h = req.headers_mut();
-    h.reserve(4 + backend.headers.len());
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(
-        ACCEPT,
-        HeaderValue::from_static(if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }),
-    );
-    if let Some(key) = &backend.api_key {
-        let (name, value) = if backend.provider == ProviderKind::Azure {
-            (
-                http::HeaderName::from_static("api-key"),
-                HeaderValue::from_str(key.expose()),
-            )
-        } else {
-            let mut v = Vec::with_capacity(7 + key.expose().len());
-            v.extend_from_slice(b"Bearer ");
-            v.extend_from_slice(key.expose().as_bytes());
-            (AUTHORIZATION, HeaderValue::from_bytes(&v))
-        };
-        let mut value = value.map_err(|_| UpstreamError {
-            class: ErrorClass::Auth,
-            status: None,
-            message: format!(
-                "the API key of backend `{}` contains characters not allowed in a header",
-                backend.name
-            ),
-            retry_after: None,
-            reason: "auth",
-            openai_body: None,
-        })?;
-        value.set_sensitive(true);
-        h.insert(name, value);
-    }
-    for (k, v) in &backend.headers {
-        // Names and values were validated when the route was compiled.
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.insert(k, v);
-        }
-    }
-    Ok(req)
-}
-
-impl Provider for Unsupported {
-    fn supports(&self, _op: Op) -> bool {
-        false
-    }
-    fn request(
-        &self,
-        backend: &Backend,
-        _op: Op,
-        _body: &Map<String, Value>,
-        _raw: Option<&[u8]>,
-        _stream: bool,
-    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        Err(UpstreamError::unsupported(format!(
-            "provider `{}` is not supported by this build",
-            backend.provider.as_str()
-        )))
-    }
-    fn error(
-        &self,
-        backend: &Backend,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> UpstreamError {
-        classify(backend, status, headers, body)
-    }
-    fn decode(&self, backend: &Backend, _op: Op, _body: Bytes) -> Result<Decoded, UpstreamError> {
-        Err(UpstreamError::retryable(
-            "unsupported",
-            format!("provider `{}` is not supported", backend.provider.as_str()),
-        ))
-    }
-    fn stream(&self, backend: &Backend, op: Op, wants: bool) -> Box<dyn StreamDecoder> {
-        OpenAiFamily.stream(backend, op, wants)
-    }
+    let auth = if backend.provider == ProviderKind::Azure {
+        Auth::Header("api-key")
+    } else {
+        Auth::Bearer
+    };
+    upstream::post(backend, url, auth, &[], bytes, stream)
 }
 
 #[derive(Deserialize, Default)]
@@ -435,7 +340,7 @@ pub fn classify(
     struct Wrapper {
         error: ErrorBody,
     }
-    let key = backend.api_key.as_ref().map(|k| k.expose());
+    let key = key(backend);
     let parsed = serde_json::from_slice::<Wrapper>(body).ok();
     let (message, code) = match &parsed {
         Some(w) => (w.error.message(), w.error.code()),

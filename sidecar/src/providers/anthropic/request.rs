@@ -8,7 +8,7 @@ use crate::providers::UpstreamError;
 type Result<T> = std::result::Result<T, UpstreamError>;
 
 fn unsupported(what: impl std::fmt::Display) -> UpstreamError {
-    UpstreamError::unsupported(format!("Anthropic cannot express {what}"))
+    UpstreamError::cannot_express("Anthropic", what)
 }
 
 /// Translates the body. `stream` decides `stream: true` (the body's own flag is the client's).

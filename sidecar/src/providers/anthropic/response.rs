@@ -2,9 +2,12 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{JSON_TOOL, stream_error};
+use crate::providers::shape::{
+    self, Choice, ChunkOut, Completion, DeltaChoice, ToolCall, UsageOut,
+};
 use crate::providers::{Chunk, Decoded, StreamDecoder, UpstreamError, Usage};
 use crate::sse::SseEvent;
 
@@ -57,16 +60,6 @@ impl MessagesUsage {
             estimated: false,
         }
     }
-}
-
-/// OpenAI's `usage` object for normalised usage.
-pub fn openai_usage(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt,
-        "completion_tokens": u.output,
-        "total_tokens": u.total(),
-        "prompt_tokens_details": {"cached_tokens": u.cached_input},
-    })
 }
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`. A `tool_use` stop that only called
@@ -142,48 +135,28 @@ pub fn decode(body: &[u8], created: u64, key: Option<&str>) -> Result<Decoded, U
             Block::ToolUse { name, input, .. } if name == JSON_TOOL => {
                 text.push_str(&input.to_string());
             }
-            Block::ToolUse { id, name, input } => calls.push(json!({
-                "id": id,
-                "type": "function",
-                "function": {"name": name, "arguments": input.to_string()},
-            })),
+            Block::ToolUse { id, name, input } => {
+                calls.push(ToolCall::new(None, &id, &name, &input.to_string()).value());
+            }
             Block::Other => {}
         }
     }
     let finish = finish_reason(msg.stop_reason.as_deref().unwrap_or(""), !calls.is_empty());
-    let mut message = Map::new();
-    message.insert("role".into(), "assistant".into());
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            Value::String(text)
-        },
-    );
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
     let usage = msg.usage.map(|u| u.normalise());
-    let mut out = json!({
-        "id": msg.id,
-        "object": "chat.completion",
-        "created": created,
-        "model": msg.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish,
+    let out = Completion::new(
+        &msg.id,
+        created,
+        &msg.model,
+        vec![Choice {
+            index: 0,
+            message: shape::message(text, calls),
+            logprobs: (),
+            finish_reason: finish,
+            // Which stop sequence matched goes where vLLM puts it, so /v1/messages can report it.
+            stop_reason: msg.stop_sequence.filter(|_| finish == "stop"),
         }],
-    });
-    // Which stop sequence matched goes where vLLM puts it, so /v1/messages can report it.
-    if let Some(seq) = msg.stop_sequence.filter(|_| finish == "stop") {
-        out["choices"][0]["stop_reason"] = Value::String(seq);
-    }
-    if let Some(u) = &usage {
-        out["usage"] = openai_usage(u);
-    }
+        usage.as_ref().map(UsageOut::of),
+    );
     let bytes = serde_json::to_vec(&out).map_err(malformed)?;
     Ok(Decoded {
         body: Bytes::from(bytes),
@@ -324,41 +297,23 @@ impl MessageStream {
         }
     }
 
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> Chunk {
-        let mut c = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        Chunk::Data(Bytes::from(serde_json::to_vec(&c).unwrap_or_default()))
+    fn chunk(&self, choices: &[DeltaChoice<'_>], usage: Option<UsageOut>) -> Chunk {
+        ChunkOut::new(&self.id, self.created, &self.model, choices, usage).chunk()
     }
 
     fn delta(&mut self, mut delta: Map<String, Value>, finish: Option<&str>, out: &mut Vec<Chunk>) {
         if !self.started {
             self.started = true;
-            let mut first = Map::with_capacity(delta.len() + 2);
-            first.insert("role".into(), "assistant".into());
-            if !delta.contains_key("content") {
-                first.insert("content".into(), Value::Null);
-            }
-            first.append(&mut delta);
-            delta = first;
+            delta = shape::first_delta(delta);
         }
-        let mut choice = json!([{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish,
-        }]);
-        if let Some(seq) = self.matched.as_ref().filter(|_| finish == Some("stop")) {
-            choice[0]["stop_reason"] = Value::String(seq.clone());
-        }
-        out.push(self.chunk(choice, None));
+        let choice = [DeltaChoice {
+            index: 0,
+            delta,
+            logprobs: (),
+            finish_reason: finish,
+            stop_reason: self.matched.as_deref().filter(|_| finish == Some("stop")),
+        }];
+        out.push(self.chunk(&choice, None));
     }
 
     fn content(&mut self, text: &str, out: &mut Vec<Chunk>) {
@@ -417,12 +372,7 @@ impl StreamDecoder for MessageStream {
                     let mut d = Map::new();
                     d.insert(
                         "tool_calls".into(),
-                        json!([{
-                            "index": n,
-                            "id": id,
-                            "type": "function",
-                            "function": {"name": name, "arguments": ""},
-                        }]),
+                        Value::Array(vec![ToolCall::new(Some(n), &id, &name, "").value()]),
                     );
                     self.delta(d, None, out);
                 }
@@ -442,7 +392,7 @@ impl StreamDecoder for MessageStream {
                         let mut d = Map::new();
                         d.insert(
                             "tool_calls".into(),
-                            json!([{"index": n, "function": {"arguments": partial_json}}]),
+                            Value::Array(vec![ToolCall::arguments(n, &partial_json).value()]),
                         );
                         self.delta(d, None, out);
                     }
@@ -466,7 +416,7 @@ impl StreamDecoder for MessageStream {
                 if self.client_wants_usage
                     && let Some(u) = self.usage()
                 {
-                    out.push(self.chunk(json!([]), Some(openai_usage(&u))));
+                    out.push(self.chunk(&[], Some(UsageOut::of(&u))));
                 }
                 self.done = true;
                 out.push(Chunk::Done);

@@ -15,7 +15,7 @@ type Result<T> = std::result::Result<T, UpstreamError>;
 const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 fn unsupported(what: impl std::fmt::Display) -> UpstreamError {
-    UpstreamError::unsupported(format!("Gemini cannot express {what}"))
+    UpstreamError::cannot_express("Gemini", what)
 }
 
 /// Gemini 3 models validate thought signatures on replayed function calls.

@@ -6,9 +6,12 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{GoogleError, classify_error};
+use crate::providers::shape::{
+    self, Choice, ChunkOut, Completion, DeltaChoice, ToolCall, UsageOut,
+};
 use crate::providers::{Chunk, Decoded, ErrorClass, StreamDecoder, UpstreamError, Usage};
 use crate::sse::SseEvent;
 
@@ -143,18 +146,8 @@ impl UsageMetadata {
         }
     }
 
-    fn openai(&self) -> Value {
-        let u = self.normalise();
-        let mut v = json!({
-            "prompt_tokens": u.prompt,
-            "completion_tokens": u.output,
-            "total_tokens": u.total(),
-            "prompt_tokens_details": {"cached_tokens": u.cached_input},
-        });
-        if let Some(t) = self.thoughts_token_count.filter(|t| *t > 0) {
-            v["completion_tokens_details"] = json!({ "reasoning_tokens": t });
-        }
-        v
+    fn openai(&self) -> UsageOut {
+        UsageOut::of(&self.normalise()).reasoning(self.thoughts_token_count)
     }
 }
 
@@ -268,21 +261,10 @@ fn tool_call(
     let args = call
         .args
         .clone()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    let mut out = Map::with_capacity(4);
-    if let Some(i) = index {
-        out.insert("index".into(), i.into());
-    }
-    out.insert(
-        "id".into(),
-        call_id(rng, part.thought_signature.as_deref()).into(),
-    );
-    out.insert("type".into(), "function".into());
-    out.insert(
-        "function".into(),
-        json!({"name": call.name, "arguments": args.to_string()}),
-    );
-    Value::Object(out)
+        .unwrap_or_else(|| Value::Object(Map::new()))
+        .to_string();
+    let id = call_id(rng, part.thought_signature.as_deref());
+    ToolCall::new(index, &id, &call.name, &args).value()
 }
 
 /// Decodes a non-streaming answer. `model` names the answer when Gemini gives no
@@ -317,40 +299,25 @@ pub fn decode(
             }
         }
         let finish = finish_reason(c.finish_reason.as_deref().unwrap_or(""), !calls.is_empty());
-        let mut message = Map::new();
-        message.insert("role".into(), "assistant".into());
-        message.insert(
-            "content".into(),
-            if text.is_empty() && !calls.is_empty() {
-                Value::Null
-            } else {
-                Value::String(text)
-            },
-        );
-        if !calls.is_empty() {
-            message.insert("tool_calls".into(), Value::Array(calls));
-        }
-        choices.push(json!({
-            "index": c.index.unwrap_or(n),
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish,
-        }));
+        choices.push(Choice {
+            index: c.index.unwrap_or(n),
+            message: shape::message(text, calls),
+            logprobs: (),
+            finish_reason: finish,
+            stop_reason: None,
+        });
     }
     let id = resp
         .response_id
         .clone()
         .unwrap_or_else(|| completion_id(rng));
-    let mut out = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": resp.model_version.as_deref().unwrap_or(model),
-        "choices": choices,
-    });
-    if let Some(u) = &resp.usage_metadata {
-        out["usage"] = u.openai();
-    }
+    let out = Completion::new(
+        &id,
+        created,
+        resp.model_version.as_deref().unwrap_or(model),
+        choices,
+        resp.usage_metadata.as_ref().map(UsageMetadata::openai),
+    );
     let bytes = serde_json::to_vec(&out).map_err(malformed)?;
     Ok(Decoded {
         body: Bytes::from(bytes),
@@ -407,18 +374,9 @@ impl GeminiStream {
         }
     }
 
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> Chunk {
-        let mut c = json!({
-            "id": self.id.as_deref().unwrap_or(""),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        Chunk::Data(Bytes::from(serde_json::to_vec(&c).unwrap_or_default()))
+    fn chunk(&self, choices: &[DeltaChoice<'_>], usage: Option<UsageOut>) -> Chunk {
+        let id = self.id.as_deref().unwrap_or("");
+        ChunkOut::new(id, self.created, &self.model, choices, usage).chunk()
     }
 
     fn delta(
@@ -431,22 +389,17 @@ impl GeminiStream {
         let state = &mut self.candidates[index];
         if !state.started {
             state.started = true;
-            let mut first = Map::with_capacity(delta.len() + 2);
-            first.insert("role".into(), "assistant".into());
-            if !delta.contains_key("content") {
-                first.insert("content".into(), Value::Null);
-            }
-            first.append(&mut delta);
-            delta = first;
+            delta = shape::first_delta(delta);
         }
-        let choice = json!([{
-            "index": index,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish,
-        }]);
+        let choice = [DeltaChoice {
+            index,
+            delta,
+            logprobs: (),
+            finish_reason: finish,
+            stop_reason: None,
+        }];
         self.emitted = true;
-        out.push(self.chunk(choice, None));
+        out.push(self.chunk(&choice, None));
     }
 
     fn candidate(&mut self, c: Candidate, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
@@ -463,7 +416,7 @@ impl GeminiStream {
                 let call = tool_call(&mut self.rng, &part, call, Some(n));
                 self.output_bytes +=
                     call["function"]["arguments"].as_str().map_or(0, str::len) as u64;
-                d.insert("tool_calls".into(), json!([call]));
+                d.insert("tool_calls".into(), Value::Array(vec![call]));
             } else if let Some(text) = part.text.filter(|t| !t.is_empty() && !part.thought) {
                 self.output_bytes += text.len() as u64;
                 d.insert("content".into(), text.into());
@@ -547,7 +500,7 @@ impl StreamDecoder for GeminiStream {
         if self.client_wants_usage
             && let Some(u) = &self.usage
         {
-            out.push(self.chunk(json!([]), Some(u.openai())));
+            out.push(self.chunk(&[], Some(u.openai())));
         }
         self.done = true;
         out.push(Chunk::Done);

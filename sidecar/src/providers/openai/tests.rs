@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use http::Method;
+use http::header::AUTHORIZATION;
 use http_body_util::BodyExt;
 use serde_json::json;
 

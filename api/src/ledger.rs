@@ -322,7 +322,7 @@ impl Outbox {
 
     /// The report to send now: the unacknowledged one, unchanged; else one made of everything
     /// recorded since (numbered next); `None` when there is nothing to report.
-    pub fn next(&mut self) -> Option<&UsageReport> {
+    pub fn to_send(&mut self) -> Option<&UsageReport> {
         if self.in_flight.is_none() && !self.pending.is_empty() {
             let entries = std::mem::take(&mut self.pending)
                 .into_iter()

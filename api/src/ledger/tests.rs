@@ -348,11 +348,14 @@ fn the_wire_format_is_camel_case_with_spend_flattened() {
 #[test]
 fn an_outbox_resends_the_same_report_until_acknowledged() {
     let mut out = Outbox::new("pod-a/n1");
-    assert!(out.next().is_none() && out.is_empty(), "nothing to report");
+    assert!(
+        out.to_send().is_none() && out.is_empty(),
+        "nothing to report"
+    );
     out.record("team", D1, None, spend(100, 1, 2));
     out.record("team", D1, None, spend(50, 1, 1));
     out.record("per-user", D1, Some("bob"), spend(7, 0, 1));
-    let first = out.next().cloned().unwrap();
+    let first = out.to_send().cloned().unwrap();
     assert_eq!(first.seq, 1);
     assert_eq!(
         first.entries,
@@ -373,16 +376,16 @@ fn an_outbox_resends_the_same_report_until_acknowledged() {
     );
     // Spend recorded while report 1 is unacknowledged waits for report 2.
     out.record("team", D1, None, spend(1, 0, 0));
-    assert_eq!(out.next(), Some(&first), "a resend is the same report");
+    assert_eq!(out.to_send(), Some(&first), "a resend is the same report");
     assert!(!out.ack(2), "a wrong number acknowledges nothing");
     assert!(out.ack(1));
     assert!(!out.ack(1), "acknowledged once");
-    let second = out.next().cloned().unwrap();
+    let second = out.to_send().cloned().unwrap();
     assert_eq!(
         (second.seq, second.entries.clone()),
         (2, vec![entry("team", D1, None, spend(1, 0, 0))])
     );
-    assert!(out.ack(2) && out.is_empty() && out.next().is_none());
+    assert!(out.ack(2) && out.is_empty() && out.to_send().is_none());
 }
 
 #[test]
@@ -397,7 +400,7 @@ fn an_outbox_and_a_ledger_count_every_micro_dollar_once_through_lost_acks() {
             let cost = round * 7 + i as u64;
             out.record("t", D1, None, spend(cost, 0, 0));
             recorded += cost;
-            let report = out.next().cloned().unwrap();
+            let report = out.to_send().cloned().unwrap();
             ledger.apply("t", &report, D1, round);
             ledger.apply("t", &report, D1, round); // a resend that reached another replica
             if round % 2 == 0 {
@@ -406,7 +409,7 @@ fn an_outbox_and_a_ledger_count_every_micro_dollar_once_through_lost_acks() {
         }
     }
     for out in &mut boxes {
-        while let Some(report) = out.next().cloned() {
+        while let Some(report) = out.to_send().cloned() {
             ledger.apply("t", &report, D1, 99);
             out.ack(report.seq);
         }
@@ -422,7 +425,7 @@ fn an_outbox_bounds_its_user_keys_without_losing_spend() {
         out.record("t", D1, Some(&format!("u{i}")), spend(1, 0, 0));
     }
     out.record("t", D1, Some("u0"), spend(1, 0, 0)); // a known key keeps its own entry
-    let report = out.next().unwrap();
+    let report = out.to_send().unwrap();
     assert_eq!(report.entries.len(), MAX_PENDING_KEYS + 1);
     let other = report
         .entries

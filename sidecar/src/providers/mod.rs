@@ -15,10 +15,11 @@ use llmesh_api::snapshot::Backend;
 pub use crate::internal::{Chunk, Op, Usage};
 use crate::sse::SseEvent;
 
-pub(crate) mod anthropic;
-pub(crate) mod gemini;
+// Public for sidecar/tests (golden translations) and fuzz/; the rest of this module is crate-only.
+pub mod anthropic;
+pub mod gemini;
 pub mod mock;
-pub(crate) mod openai;
+pub mod openai;
 mod shape;
 mod upstream;
 
@@ -206,7 +207,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// The adapter for a provider kind.
-pub(crate) fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
+pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
     match kind {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &gemini::Gemini,
@@ -375,7 +376,7 @@ fn unescape_ascii(s: &str) -> std::borrow::Cow<'_, str> {
 /// the key (and anything key-like) is redacted; otherwise it is returned as is, after one
 /// `memmem` search. Success content is searched for the whole key only: a part of a key comes
 /// from a cut, and only error paths cut.
-pub(crate) fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
+pub fn scrub_answer(data: Bytes, key: Option<&str>) -> Bytes {
     match key {
         Some(k) if k.len() >= 4 && memchr::memmem::find(&data, k.as_bytes()).is_some() => {
             Bytes::from(redact_whole(&String::from_utf8_lossy(&data), key))

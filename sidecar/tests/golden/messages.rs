@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use llmesh_sidecar::error::{ApiError, ErrorFormat};
 use llmesh_sidecar::ingress::responses::Store;
 use llmesh_sidecar::ingress::{Context, Translated, messages};
+use llmesh_sidecar::internal::StreamEncoder;
 use llmesh_sidecar::providers::Chunk;
-use llmesh_sidecar::relay::StreamEncoder;
 use llmesh_sidecar::tokens;
 
 use super::{each_fixture, read_json};

@@ -141,7 +141,8 @@ def listening_sockets(pid: int) -> set[str]:
 
 
 def test_default_listen_is_loopback_only(fake, start_sidecar):
-    help_text = subprocess.run([binary("llmesh-sidecar"), "--help"], capture_output=True, text=True).stdout
+    # -h: the one-line form (--help puts each bracket on a line of its own).
+    help_text = subprocess.run([binary("llmesh-sidecar"), "-h"], capture_output=True, text=True).stdout
     assert "[env: LLMESH_LISTEN=] [default: 127.0.0.1:4000]" in help_text
     with socket.socket() as probe:
         # As the sidecar does: a previous run's connections in TIME_WAIT do not hold the port.

@@ -242,8 +242,8 @@ impl Metrics {
             fallbacks: counter(
                 &r,
                 "llmesh_fallbacks_total",
-                "Requests moved from one backend to the next, by reason.",
-                &["route", "from_backend", "to_backend", "reason"],
+                "Requests moved from one backend to the next, by reason and the request's A/B variant.",
+                &["route", "from_backend", "to_backend", "reason", "variant"],
             ),
             retries: counter(
                 &r,

@@ -119,6 +119,7 @@ pub async fn run(
                     &route.backends[from].spec.name,
                     &b.spec.name,
                     reason,
+                    ticket.variant.as_deref().unwrap_or("none"),
                 ])
                 .inc();
             ticket

@@ -47,7 +47,10 @@ async fn falls_back_in_order_on_5xx_429_timeouts_and_connect_errors() {
                 &[
                     ("from_backend", from),
                     ("to_backend", to),
-                    ("reason", reason)
+                    ("reason", reason),
+                    // Every move is counted under the variant the request was assigned (its
+                    // first backend's), so an A/B arm's fallback rate can be read.
+                    ("variant", "a"),
                 ]
             ),
             1.0,

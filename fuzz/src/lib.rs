@@ -1,11 +1,18 @@
 //! Shared by the fuzz targets: backends for each provider, the chunk splits a network may make,
-//! and the bound a decoder's usage must respect.
+//! the bound a decoder's usage must respect, and the checks of the translating ingresses.
 
+use std::collections::VecDeque;
+
+use bytes::Bytes;
 use llmesh_api::ProviderKind;
 use llmesh_api::snapshot::{Backend, SecretValue};
-use llmesh_sidecar::providers::Usage;
+use llmesh_sidecar::error::ApiError;
+use llmesh_sidecar::ingress::{Context, responses, translate};
+use llmesh_sidecar::internal::Endpoint;
+use llmesh_sidecar::providers::{Chunk, Usage};
 use llmesh_sidecar::sse::{SseEvent, SseParser};
-use serde_json::Value;
+use llmesh_sidecar::tokens;
+use serde_json::{Map, Value};
 
 /// The key every fuzzed backend holds; no error message may show it.
 pub const KEY: &str = "sk-fuzz-Zq7Rm2Xv9Lp4Ws8Tn3Yb6Hc1";
@@ -147,4 +154,81 @@ pub fn no_key(what: &str, text: &[u8]) {
 
 fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A chat answer and stream (with a tool call and usage) for a translating ingress to turn back
+/// into its client's format.
+pub const ANSWER: &str = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+/// The same answer as a chat stream.
+pub const CHUNKS: &[&str] = &[
+    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"h"},"finish_reason":null}]}"#,
+    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+];
+
+/// A refusal says why; a 400 for a JSON object names the field at fault (`param`).
+pub fn check_refusal(e: &ApiError, data: &[u8]) {
+    assert!(!e.message.is_empty());
+    if e.status == http::StatusCode::BAD_REQUEST
+        && serde_json::from_slice::<Map<String, Value>>(data).is_ok()
+        && e.reason != "untranslatable"
+    {
+        assert!(
+            e.param.as_deref().is_some_and(|p| !p.is_empty()),
+            "a refusal of a JSON object names no field: {} ({})",
+            e.message,
+            String::from_utf8_lossy(data)
+        );
+    }
+}
+
+/// Translates `body` as a client of `endpoint` sent it and checks what both translating
+/// ingresses promise: the route name passes through as written, the result is a chat body the
+/// prompt estimator reads, and the answer and a stream translate back (the encoder writes
+/// events). A refusal is checked by [`check_refusal`]. Returns whether it translated.
+pub fn check_translation(endpoint: Endpoint, body: Map<String, Value>, data: &[u8]) -> bool {
+    let store = responses::Store::new(4, std::time::Duration::from_secs(60));
+    let ctx = Context {
+        responses: &store,
+        request_id: "req_fuzz",
+    };
+    let model = body.get("model").cloned();
+    match translate(endpoint, body, &ctx) {
+        Ok((chat, translation)) => {
+            // The route name passes through as the client wrote it (the handler refuses a
+            // missing one).
+            assert_eq!(chat.get("model"), model.as_ref(), "{chat:?}");
+            assert!(
+                chat.get("messages").is_some_and(Value::is_array),
+                "no messages: {chat:?}"
+            );
+            let _ = tokens::chat_prompt(&chat, true);
+            serde_json::to_vec(&chat).unwrap();
+            let Some(mut t) = translation else {
+                panic!("the {endpoint:?} format is translated back");
+            };
+            t.prompt_estimate(7);
+            let usage = Usage {
+                prompt: 3,
+                output: 2,
+                ..Usage::default()
+            };
+            let out = t
+                .response(ANSWER.as_bytes(), Some(&usage))
+                .expect("the answer translates");
+            serde_json::from_slice::<Value>(&out).expect("a translated answer is JSON");
+            let mut enc = t.encoder();
+            let mut out = VecDeque::new();
+            for c in CHUNKS {
+                enc.chunk(Chunk::Data(Bytes::from_static(c.as_bytes())), &mut out);
+            }
+            enc.chunk(Chunk::Done, &mut out);
+            assert!(!out.is_empty(), "the stream encoder wrote nothing");
+            true
+        }
+        Err(e) => {
+            check_refusal(&e, data);
+            false
+        }
+    }
 }

@@ -136,8 +136,27 @@ pub struct LLMBudgetStatus {
     /// Start of the current period (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_start: Option<String>,
+    /// `perUser` budgets: user keys that spent this period (the first 500 are tracked one by
+    /// one; spend of later keys is counted in the total only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// `perUser` budgets: the user keys that spent most this period, most first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_users: Vec<UserSpend>,
     /// `Accepted`, `Ready` and `BudgetExceeded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One user key's spend this period, in a `perUser` budget's status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSpend {
+    /// The user key (`x-llmesh-user` header or the body's `user`).
+    pub user: String,
+    /// USD spent this period.
+    pub spent: String,
+    /// Tokens used this period.
+    pub spent_tokens: u64,
 }

@@ -9,6 +9,9 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// Condition type: sidecars are serving the latest generation.
 pub const READY: &str = "Ready";
+/// Condition type (budgets): the fleet reached the cap this period (for `perUser` budgets: some
+/// user key did).
+pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 
 /// One observation about an object, keyed by `type`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -46,6 +46,31 @@ pub struct UsageReport {
     pub entries: Vec<UsageEntry>,
 }
 
+/// The operator's answer to a persisted report.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageAck {
+    /// The `seq` of the report persisted (counted now or before).
+    pub seq: u64,
+    /// The fleet's spend this period for each budget the report named that the operator knows:
+    /// what the sidecar counts as spent by the other sidecars.
+    #[serde(default)]
+    pub budgets: Vec<FleetSpend>,
+}
+
+/// One budget's fleet-wide spend in one period, as persisted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetSpend {
+    /// The `LLMBudget`'s name.
+    pub budget: String,
+    /// Start (Unix seconds) of the period.
+    pub period_start: u64,
+    /// Everything the fleet spent in that period (this sidecar's acknowledged reports included).
+    #[serde(flatten)]
+    pub spend: Spend,
+}
+
 /// Spend against one budget in one period (for one user key of a `perUser` budget).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -345,11 +370,16 @@ impl Outbox {
 
     /// The operator persisted report `seq`: it is done. Any other number changes nothing.
     pub fn ack(&mut self, seq: u64) -> bool {
+        self.acked(seq).is_some()
+    }
+
+    /// Like [`Outbox::ack`], returning the report acknowledged (so the caller can add it to what
+    /// the operator has counted of this sidecar).
+    pub fn acked(&mut self, seq: u64) -> Option<UsageReport> {
         if self.in_flight.as_ref().is_some_and(|r| r.seq == seq) {
-            self.in_flight = None;
-            return true;
+            return self.in_flight.take();
         }
-        false
+        None
     }
 
     /// Whether everything recorded has been acknowledged.

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod ledger;
 pub mod manifest;
 pub mod money;
+pub mod period;
 pub mod prices;
 pub mod protocol;
 pub mod route;
@@ -21,7 +22,9 @@ pub const GROUP: &str = "llmesh.io";
 /// The `apiVersion` of llmesh's custom resources.
 pub const API_VERSION: &str = "llmesh.io/v1alpha1";
 
-pub use budget::{BudgetAction, BudgetLimit, BudgetPeriod, LLMBudgetSpec, LLMBudgetStatus};
+pub use budget::{
+    BudgetAction, BudgetLimit, BudgetPeriod, LLMBudgetSpec, LLMBudgetStatus, UserSpend,
+};
 pub use delta::SnapshotDelta;
 pub use route::{BackendSpec, LLMRouteSpec, LLMRouteStatus, ProviderKind, SecretKeyRef, Strategy};
 pub use snapshot::Snapshot;

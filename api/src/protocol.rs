@@ -46,6 +46,13 @@ pub const HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a sidecar waits for an answer before giving up on a poll: [`HOLD`] plus slack for
 /// a slow network, so a healthy hold is never mistaken for a dead operator.
 pub const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+/// Path of the usage report endpoint: `POST` a [`crate::ledger::UsageReport`] as JSON with the
+/// same `Authorization` as a poll; `200` answers a [`crate::ledger::UsageAck`] once the report is
+/// persisted, any other status an [`ErrorBody`] (resend the same report later).
+pub const USAGE_PATH: &str = "/v1/usage";
+/// Largest usage report the operator reads (a report of [`crate::ledger::MAX_PENDING_KEYS`]
+/// entries with long user keys stays below).
+pub const MAX_USAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Path of the mutating admission webhook that injects sidecars.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 

@@ -19,4 +19,5 @@ pub mod secrets;
 pub mod selector;
 pub mod server;
 pub mod settings;
+pub mod spend;
 pub mod stores;

@@ -1,9 +1,10 @@
-//! Every operator metric, registered in one place. Labels stay low-cardinality: no pod, route
-//! or namespace names (a cluster has thousands of pods).
+//! Every operator metric, registered in one place. Labels stay low-cardinality: no pod or route
+//! names (a cluster has thousands of pods); the per-budget gauges name the namespace and budget
+//! (one series per LLMBudget, what FinOps dashboards chart).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The operator's metrics.
@@ -44,6 +45,81 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// Seconds from a snapshot's assembly to its answer to a sidecar whose poll was waiting.
     pub snapshot_fanout_seconds: Histogram,
+    /// Usage reports by answer (`ok`, `401`, `403`, `400`, `503`).
+    pub usage_reports: IntCounterVec,
+    /// Budget ledgers a report touched, by result (`counted`, `duplicate`, `unknown_budget`,
+    /// `conflict`, `error`).
+    pub ledger_updates: IntCounterVec,
+    /// Budget alert thresholds crossed (fleet-wide, once per threshold and period), by percent.
+    pub budget_alerts: IntCounterVec,
+    /// Fleet spend this period per budget, micro-dollars (leader only; namespace and budget
+    /// labels: one series per LLMBudget).
+    pub budget_spent: IntGaugeVec,
+    /// Fleet tokens this period per budget (leader only).
+    pub budget_spent_tokens: IntGaugeVec,
+    /// The USD cap per budget, micro-dollars (leader only; absent without a USD cap).
+    pub budget_limit: IntGaugeVec,
+    /// What is left of the USD cap this period, micro-dollars (leader only).
+    pub budget_remaining: IntGaugeVec,
+    /// Spend per hour so far this period, micro-dollars (leader only).
+    pub budget_burn_rate: IntGaugeVec,
+}
+
+/// A gauge per LLMBudget (`namespace`, `budget`).
+fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), &["namespace", "budget"]).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// Sets the per-budget gauges of `ns/name` (`limit` None: no USD cap).
+    pub fn set_budget(
+        &self,
+        ns: &str,
+        name: &str,
+        spent: u64,
+        tokens: u64,
+        limit: Option<u64>,
+        burn_per_hour: u64,
+    ) {
+        let l = [ns, name];
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.budget_spent.with_label_values(&l).set(clamp(spent));
+        self.budget_spent_tokens
+            .with_label_values(&l)
+            .set(clamp(tokens));
+        self.budget_burn_rate
+            .with_label_values(&l)
+            .set(clamp(burn_per_hour));
+        match limit {
+            Some(cap) => {
+                self.budget_limit.with_label_values(&l).set(clamp(cap));
+                self.budget_remaining
+                    .with_label_values(&l)
+                    .set(clamp(cap.saturating_sub(spent)));
+            }
+            None => {
+                let _ = self.budget_limit.remove_label_values(&l);
+                let _ = self.budget_remaining.remove_label_values(&l);
+            }
+        }
+    }
+
+    /// Drops the per-budget gauges of a budget that is gone.
+    pub fn forget_budget(&self, ns: &str, name: &str) {
+        let l = [ns, name];
+        for g in [
+            &self.budget_spent,
+            &self.budget_spent_tokens,
+            &self.budget_limit,
+            &self.budget_remaining,
+            &self.budget_burn_rate,
+        ] {
+            let _ = g.remove_label_values(&l);
+        }
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -187,6 +263,49 @@ impl Metrics {
                 "llmesh_operator_snapshot_fanout_seconds",
                 "Time from a snapshot's assembly to its answer to a sidecar whose poll was waiting for it",
                 FANOUT_BUCKETS,
+            ),
+            usage_reports: counter_vec(
+                &r,
+                "llmesh_operator_usage_reports_total",
+                "Usage reports from sidecars by answer",
+                &["code"],
+            ),
+            ledger_updates: counter_vec(
+                &r,
+                "llmesh_operator_ledger_updates_total",
+                "Budget ledgers touched by usage reports, by result",
+                &["result"],
+            ),
+            budget_alerts: counter_vec(
+                &r,
+                "llmesh_operator_budget_alerts_total",
+                "Budget alert thresholds crossed fleet-wide (once per threshold and period), by percent",
+                &["threshold"],
+            ),
+            budget_spent: gauge_vec(
+                &r,
+                "llmesh_operator_budget_spent_microdollars",
+                "Fleet spend this period per LLMBudget, micro-dollars",
+            ),
+            budget_spent_tokens: gauge_vec(
+                &r,
+                "llmesh_operator_budget_spent_tokens",
+                "Fleet tokens this period per LLMBudget",
+            ),
+            budget_limit: gauge_vec(
+                &r,
+                "llmesh_operator_budget_limit_microdollars",
+                "USD cap per LLMBudget and period, micro-dollars",
+            ),
+            budget_remaining: gauge_vec(
+                &r,
+                "llmesh_operator_budget_remaining_microdollars",
+                "What is left of each LLMBudget's USD cap this period, micro-dollars",
+            ),
+            budget_burn_rate: gauge_vec(
+                &r,
+                "llmesh_operator_budget_burn_rate_microdollars_per_hour",
+                "Fleet spend per hour so far this period per LLMBudget, micro-dollars",
             ),
             registry: r,
         }

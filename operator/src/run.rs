@@ -23,6 +23,7 @@ use crate::push::poll::Poller;
 use crate::secrets::SecretCache;
 use crate::server::{self, Api};
 use crate::settings::Settings;
+use crate::spend::{self, Accountant, system_clock};
 use crate::stores::Stores;
 
 /// Runs the operator until `shutdown` resolves, then stops in order: held polls answer at
@@ -92,6 +93,7 @@ pub async fn run(
         stores.clone(),
         metrics.clone(),
         identity.clone(),
+        settings.namespace.clone(),
         leader_rx,
     ));
 
@@ -102,6 +104,15 @@ pub async fn run(
             PodCheck::new(client.clone(), stores.pods.clone()),
             metrics.clone(),
             stop_rx.clone(),
+        ),
+        accountant: Accountant::new(
+            client.clone(),
+            settings.namespace.clone(),
+            hub.clone(),
+            metrics.clone(),
+            &identity,
+            system_clock(),
+            spend::watch_ledgers(&client, &settings.namespace, &mut tasks),
         ),
         injector: Injector {
             client: client.clone(),
@@ -176,6 +187,7 @@ async fn lead(
     stores: Stores,
     metrics: Arc<Metrics>,
     identity: String,
+    namespace: String,
     mut leader: watch::Receiver<bool>,
 ) {
     loop {
@@ -183,7 +195,14 @@ async fn lead(
             return;
         }
         hub.synced().await;
-        let ctx = controller::Context::new(client.clone(), hub.clone(), metrics.clone(), &identity);
+        let ctx = controller::Context::new(
+            client.clone(),
+            hub.clone(),
+            metrics.clone(),
+            &identity,
+            &namespace,
+            system_clock(),
+        );
         tokio::select! {
             () = controller::run(ctx, stores.clone()) => {}
             _ = leader.wait_for(|l| !*l) => {}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -16,13 +17,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use llmesh_api::protocol::{MUTATE_PODS_PATH, SNAPSHOT_PATH};
+use llmesh_api::ledger::UsageReport;
+use llmesh_api::protocol::{MAX_USAGE_BYTES, MUTATE_PODS_PATH, SNAPSHOT_PATH, USAGE_PATH};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::injection::webhook::Injector;
 use crate::metrics::Metrics;
-use crate::push::poll::Poller;
+use crate::push::poll::{Poller, json_error};
+use crate::spend::Accountant;
 
 /// AdmissionReviews of large pods stay well under this.
 const MAX_ADMISSION_BYTES: usize = 4 * 1024 * 1024;
@@ -41,6 +44,8 @@ pub struct Api {
     pub poller: Poller,
     /// The admission webhook.
     pub injector: Injector,
+    /// Usage reports.
+    pub accountant: Accountant,
 }
 
 impl Api {
@@ -52,13 +57,72 @@ impl Api {
         match (req.method(), req.uri().path()) {
             (&Method::GET, SNAPSHOT_PATH) => self.poller.handle(req).await,
             (&Method::POST, MUTATE_PODS_PATH) => Box::pin(self.admit(req)).await,
+            (&Method::POST, USAGE_PATH) => Box::pin(self.usage(req)).await,
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "not found: the operator serves GET {SNAPSHOT_PATH} and POST {MUTATE_PODS_PATH}\n"
+                    "not found: the operator serves GET {SNAPSHOT_PATH}, POST {USAGE_PATH} and POST {MUTATE_PODS_PATH}\n"
                 ),
             ),
+        }
+    }
+
+    /// `POST /v1/usage`: a sidecar's usage report, acknowledged once persisted.
+    async fn usage(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let response = self.usage_answer(req).await;
+        self.poller
+            .metrics
+            .usage_reports
+            .with_label_values(&[response.status().as_str()])
+            .inc();
+        response
+    }
+
+    async fn usage_answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let authorization = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let id = match self.poller.identify(authorization.as_deref()).await {
+            Ok(id) => id,
+            Err(refused) => return refused,
+        };
+        let body = match Limited::new(req.into_body(), MAX_USAGE_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the usage report is unreadable or larger than {MAX_USAGE_BYTES} bytes: {e}"
+                    ),
+                    None,
+                );
+            }
+        };
+        let report: UsageReport = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the usage report is not a UsageReport (llmesh_api::ledger): {e}"),
+                    None,
+                );
+            }
+        };
+        match self.accountant.apply(&id, report).await {
+            Ok(ack) => Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(
+                    serde_json::to_vec(&ack).unwrap_or_default(),
+                )))
+                .unwrap_or_default(),
+            Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(1)),
         }
     }
 

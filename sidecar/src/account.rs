@@ -16,6 +16,8 @@ use crate::internal::{Op, Usage};
 use crate::limits::Buffers;
 use crate::metrics::{Metrics, Sink};
 use crate::runtime::{BackendState, InFlight, Runtime};
+use crate::usage::UsageReports;
+use llmesh_api::ledger::Spend;
 
 /// What every request accounts to: the app's metrics, access log and clock, and its budget of
 /// buffered bytes. One per app, shared by its requests' tickets.
@@ -28,6 +30,8 @@ pub struct Ledger {
     pub clock: Arc<dyn Clock>,
     /// Bytes of request and answer bodies held by all requests (`--max-buffered-bytes`).
     pub buffers: Arc<Buffers>,
+    /// Spend to report to the operator (operator mode only).
+    pub usage: Option<Arc<UsageReports>>,
 }
 
 /// One admitted request: holds its place under `--max-in-flight` until dropped, which the
@@ -241,7 +245,16 @@ impl Ticket {
             tpm.adjust(tokens as i64 - this.tpm_reserved as i64, Instant::now());
         }
         let unix = ledger.clock.unix_now();
+        let spend = usage.as_ref().map_or(Spend::default(), |u| Spend {
+            micro_usd: cost,
+            input_tokens: u.prompt,
+            output_tokens: u.output,
+            requests: 1,
+        });
         for (budget, reservation) in reservations {
+            if let Some(report) = &ledger.usage {
+                report.record(&budget.spec, unix, reservation.user(), spend);
+            }
             settle_budget(m, &budget, reservation, cost, tokens, unix);
         }
 

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::providers::mock::MockTransport;
 use crate::runtime::{self, Carry, Runtime};
 use crate::transport::{HttpTransport, Transport, TransportFactory};
+use crate::usage::UsageReports;
 
 /// Generation requests in flight at once before the sidecar answers 503 (Envoy's default for
 /// its circuit breakers' `max_requests`).
@@ -67,9 +68,16 @@ pub struct AppBuilder {
     max_in_flight: usize,
     limits: Limits,
     max_buffered_bytes: usize,
+    usage: Option<Arc<UsageReports>>,
 }
 
 impl AppBuilder {
+    /// Records spend for usage reports to the operator (operator mode).
+    pub fn report_usage(mut self, reports: Arc<UsageReports>) -> Self {
+        self.usage = Some(reports);
+        self
+    }
+
     /// Sets the connection timeouts and cap (defaults in [`crate::limits`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -137,6 +145,7 @@ impl AppBuilder {
             log: log.clone(),
             clock: self.clock.clone(),
             buffers: buffers.clone(),
+            usage: self.usage,
         });
         Arc::new(App {
             runtime: ArcSwapOption::empty(),
@@ -183,6 +192,7 @@ impl App {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             limits: Limits::default(),
             max_buffered_bytes: crate::limits::DEFAULT_MAX_BUFFERED_BYTES,
+            usage: None,
         }
     }
 

@@ -13,6 +13,8 @@ use llmesh_api::prices::Prices;
 use llmesh_api::snapshot::Budget;
 use llmesh_api::{BudgetAction, BudgetPeriod};
 
+pub use llmesh_api::period::{civil_from_days, days_from_civil, period_bounds, rfc3339};
+
 /// The wall clock, in whole seconds since the Unix epoch.
 pub trait Clock: Send + Sync {
     /// Now, in Unix seconds (UTC).
@@ -30,62 +32,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// Days since 1970-01-01 -> (year, month 1-12, day 1-31), proleptic Gregorian.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// (year, month 1-12, day 1-31) -> days since 1970-01-01.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Start and end (Unix seconds) of the period containing `now`.
-pub fn period_bounds(period: BudgetPeriod, now: u64) -> (u64, u64) {
-    match period {
-        BudgetPeriod::Hour => {
-            let s = now - now % 3600;
-            (s, s + 3600)
-        }
-        BudgetPeriod::Day => {
-            let s = now - now % 86_400;
-            (s, s + 86_400)
-        }
-        BudgetPeriod::Month => {
-            let (y, m, _) = civil_from_days((now / 86_400) as i64);
-            let start = days_from_civil(y, m, 1) as u64 * 86_400;
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            (start, days_from_civil(ny, nm, 1) as u64 * 86_400)
-        }
-    }
-}
-
-/// RFC 3339 for Unix seconds, UTC.
-pub fn rfc3339(t: u64) -> String {
-    let (y, m, d) = civil_from_days((t / 86_400) as i64);
-    let s = t % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     spent: MicroUsd,
@@ -100,6 +46,9 @@ struct Ledger {
     total: Tally,
     users: HashMap<String, Tally>,
     alerted: u32,
+    /// What the other sidecars spent in a period, as the operator last said (operator mode):
+    /// (period start, micro-dollars, tokens). Counted only while that period is current.
+    others: (u64, MicroUsd, u64),
 }
 
 /// Spend counted against one budget, kept across config reloads.
@@ -136,6 +85,13 @@ pub struct Reservation {
     cost: MicroUsd,
     tokens: u64,
     user: Option<String>,
+}
+
+impl Reservation {
+    /// The user key charged, for `perUser` budgets.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
 }
 
 /// A threshold crossing to report.
@@ -211,7 +167,15 @@ impl BudgetState {
         };
         let tally = match &user {
             Some(u) => l.users.get(u).copied().unwrap_or_default(),
-            None => l.total,
+            None => {
+                let mut t = l.total;
+                let (period, usd, tokens) = l.others;
+                if period == l.period_start {
+                    t.spent = t.spent.saturating_add(usd);
+                    t.tokens = t.tokens.saturating_add(tokens);
+                }
+                t
+            }
         };
         let (usd_left, tokens_left) = self.remaining(&tally);
         let input_cost = i128::from(cost_of(input_tokens, prices.input));
@@ -353,7 +317,18 @@ impl BudgetState {
         usd.unwrap_or(0).max(tok.unwrap_or(0))
     }
 
-    /// (spent micro-dollars, spent tokens, period start) this period, namespace-wide.
+    /// Sets what the other sidecars of the fleet spent in the period starting at
+    /// `period_start` (from the operator's answer to a usage report); admission counts it beside
+    /// this sidecar's own spend while that period is current. Per-user budgets do not use it
+    /// (the fleet's per-user split is not sent back).
+    pub fn set_others(&self, period_start: u64, micro_usd: MicroUsd, tokens: u64) {
+        let mut l = self.ledger.lock();
+        if period_start >= l.others.0 {
+            l.others = (period_start, micro_usd, tokens);
+        }
+    }
+
+    /// (spent micro-dollars, spent tokens, period start) this period, by this sidecar.
     pub fn spent(&self, now: u64) -> (MicroUsd, u64, u64) {
         let mut l = self.ledger.lock();
         self.roll(&mut l, now);

@@ -37,5 +37,6 @@ pub mod splice;
 pub mod sse;
 pub mod tokens;
 pub mod transport;
+pub mod usage;
 
 pub use app::App;

@@ -15,6 +15,10 @@ use llmesh_sidecar::accesslog;
 use llmesh_sidecar::config::{self, FileSource};
 use llmesh_sidecar::limits::{self, Limits};
 use llmesh_sidecar::operator_client::{self, OperatorSource};
+use llmesh_sidecar::usage::UsageReports;
+
+/// How long a stopping sidecar tries to deliver its last usage report.
+const USAGE_FLUSH: Duration = Duration::from_secs(3);
 use llmesh_sidecar::server;
 
 /// `--log-format`: how operational logs (stderr) are written.
@@ -219,7 +223,12 @@ fn runtime(args: &Args) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The app as the flags configure it, in either mode; `open_files` is the open-files limit.
-fn app(args: &Args, keys: Vec<String>, open_files: u64) -> std::sync::Arc<App> {
+fn app(
+    args: &Args,
+    keys: Vec<String>,
+    open_files: u64,
+    usage: Option<std::sync::Arc<UsageReports>>,
+) -> std::sync::Arc<App> {
     let limits = Limits {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
@@ -233,7 +242,12 @@ fn app(args: &Args, keys: Vec<String>, open_files: u64) -> std::sync::Arc<App> {
             (open_files / 2).clamp(1, limits::DEFAULT_MAX_CONNECTIONS as u64) as usize
         }),
     };
-    App::builder()
+    let builder = App::builder();
+    let builder = match usage {
+        Some(u) => builder.report_usage(u),
+        None => builder,
+    };
+    builder
         .access_log(args.access_log == accesslog::Mode::On)
         .local_keys(keys)
         .responses_store(args.responses_store_entries, args.responses_store_ttl)
@@ -327,7 +341,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let app = app(&args, keys, open_files);
+        let app = app(&args, keys, open_files, None);
         tokio::spawn(llmesh_sidecar::memory::trim_loop());
         app.apply(&snapshot);
         app.metrics.reloads.with_label_values(&["ok"]).inc();
@@ -423,7 +437,8 @@ fn operator_mode(args: &Args, url: String, open_files: u64) -> ExitCode {
     let listen = args.listen;
     let grace = args.shutdown_grace;
     runtime.block_on(async move {
-        let app = app(args, keys, open_files);
+        let usage = std::sync::Arc::new(UsageReports::new(UsageReports::process_nonce()));
+        let app = app(args, keys, open_files, Some(usage.clone()));
         tokio::spawn(llmesh_sidecar::memory::trim_loop());
         let served = operator_client::start_from_disk(&app, &source);
         let listener = match server::bind(listen).await {
@@ -442,9 +457,19 @@ fn operator_mode(args: &Args, url: String, open_files: u64) -> ExitCode {
             operator = %source.url,
             "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
         );
+        let reporter = match operator_client::UsageSender::new(&source, usage) {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) => {
+                eprintln!("llmesh-sidecar: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::spawn(reporter.clone().run(app.clone()));
         tokio::spawn(operator_client::run(app.clone(), source, served));
         let shutdown = admin.start(&app, grace);
         server::serve(app.clone(), listener, shutdown, grace).await;
+        // Every request has settled: send what is left before exiting.
+        reporter.flush(&app, USAGE_FLUSH).await;
         admin.stopped().await;
         app.log.flush(Duration::from_secs(5));
         ExitCode::SUCCESS

@@ -21,14 +21,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, RETRY_AFTER};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use llmesh_api::protocol::{self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, ErrorBody, snapshot_query};
+use llmesh_api::ledger::{UsageAck, UsageReport};
+use llmesh_api::protocol::{
+    self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, ErrorBody, USAGE_PATH, snapshot_query,
+};
 use llmesh_api::{Snapshot, SnapshotDelta};
 
 use crate::app::App;
+use crate::usage::UsageReports;
 
 /// Largest snapshot accepted (a namespace with hundreds of routes stays far below).
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
@@ -58,9 +62,14 @@ pub struct OperatorSource {
 #[error("{0}")]
 pub struct SetupError(String);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient<B = Empty<Bytes>> = Client<hyper_rustls::HttpsConnector<HttpConnector>, B>;
 
-fn client(ca_pem: &str) -> Result<HttpsClient, SetupError> {
+fn client<B>(ca_pem: &str) -> Result<HttpsClient<B>, SetupError>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -395,6 +404,128 @@ fn serve(
     *served = Some(snapshot);
 }
 
+/// How often spend is reported while requests settle.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a sidecar with nothing to report asks for the fleet's totals (while its config has
+/// budgets): with [`REPORT_INTERVAL`], how stale its view of the other sidecars' spend may be.
+pub const FLEET_REFRESH: Duration = Duration::from_secs(2);
+/// How long one report may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends this sidecar's usage reports to the operator (`POST /v1/usage`, the poll's TLS and
+/// token): every [`REPORT_INTERVAL`] while there is spend to report, the unacknowledged report
+/// again until the operator acknowledges it, and once more on shutdown ([`UsageSender::flush`]).
+pub struct UsageSender {
+    client: HttpsClient<Full<Bytes>>,
+    url: String,
+    token_file: PathBuf,
+    usage: Arc<UsageReports>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl UsageSender {
+    /// A sender to the operator of `source`.
+    pub fn new(source: &OperatorSource, usage: Arc<UsageReports>) -> Result<Self, SetupError> {
+        Ok(Self {
+            client: client(&source.ca_pem)?,
+            url: format!("{}{USAGE_PATH}", source.url.trim_end_matches('/')),
+            token_file: source.token_file.clone(),
+            usage,
+            failing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Reports forever; with nothing to report, asks for the fleet's totals every
+    /// [`FLEET_REFRESH`] while the config has budgets.
+    pub async fn run(self: Arc<Self>, app: Arc<App>) {
+        let mut idle = Duration::ZERO;
+        loop {
+            tokio::time::sleep(REPORT_INTERVAL).await;
+            idle += REPORT_INTERVAL;
+            let has_budgets = app.runtime().is_some_and(|rt| !rt.budgets.is_empty());
+            let due = self.usage.to_send().is_some() || (has_budgets && idle >= FLEET_REFRESH);
+            if due && self.send(&app).await.is_ok() {
+                idle = Duration::ZERO;
+            }
+        }
+    }
+
+    /// Sends until everything recorded is acknowledged or `within` passes (a stopping sidecar:
+    /// every request has settled). What is left unsent is logged.
+    pub async fn flush(&self, app: &App, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.usage.is_empty() && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.send(app)).await {
+                Ok(Ok(())) => {}
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        if !self.usage.is_empty() {
+            tracing::warn!(operator = %self.url, "stopping with spend the operator has not acknowledged: it is not in the budgets' fleet totals");
+        }
+    }
+
+    /// Sends the report due (else a query for the fleet's totals) and takes in the answer.
+    async fn send(&self, app: &App) -> Result<(), String> {
+        let report = self.usage.to_send().unwrap_or_else(|| self.usage.query());
+        let result = self.post(&report).await.map(|ack| {
+            let budgets = app
+                .runtime()
+                .map(|rt| rt.budgets.clone())
+                .unwrap_or_default();
+            self.usage.acknowledged(&ack, &budgets);
+        });
+        let was_failing = self
+            .failing
+            .swap(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match &result {
+            Err(e) if !was_failing => {
+                tracing::warn!(operator = %self.url, error = %e, seq = report.seq, "cannot deliver a usage report; resending it until the operator takes it")
+            }
+            Ok(()) if was_failing => {
+                tracing::info!(operator = %self.url, seq = report.seq, "usage reports delivered again")
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn post(&self, report: &UsageReport) -> Result<UsageAck, String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("reading the token: {e}"))?;
+        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        let req = Request::post(&self.url)
+            .header(AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|b| b.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(300).collect());
+                return Err(format!("{}: {message}", status.as_u16()));
+            }
+            serde_json::from_slice::<UsageAck>(&body)
+                .map_err(|e| format!("unreadable acknowledgement: {e}"))
+        };
+        tokio::time::timeout(REPORT_TIMEOUT, exchange)
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -499,7 +630,10 @@ mod tests {
 
     #[test]
     fn a_ca_without_a_certificate_is_refused_with_a_hint() {
-        let e = client("not a pem").err().unwrap().to_string();
+        let e = client::<Empty<Bytes>>("not a pem")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("--operator-ca"), "{e}");
     }
 }

@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use llmesh_api::compile::FieldError;
 use llmesh_api::condition::Condition;
+use llmesh_api::ledger::BudgetLedger;
+use llmesh_api::period::{period_bounds, rfc3339};
 use llmesh_api::{API_VERSION, LLMBudget, LLMBudgetStatus, LLMRoute, LLMRouteStatus};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -32,6 +35,10 @@ use crate::decisions::status::Rollout;
 use crate::metrics::Metrics;
 use crate::pki::tls::FIELD_MANAGER;
 use crate::push::hub::{BudgetView, Hub, Key};
+use crate::spend::{
+    BUDGET_NAME_ANNOTATION, BUDGET_NAMESPACE_ANNOTATION, LEDGER_LABEL, UnixClock, ledger_name,
+    read_ledger,
+};
 use crate::stores::Stores;
 
 /// Reconciles (each one status write at most) in flight per kind. The client speaks HTTP/1.1,
@@ -66,8 +73,9 @@ pub trait Reconciled:
     /// What the hub concluded about one object.
     type View: Send + 'static;
 
-    /// The hub's conclusion about `key`, once it compiled the object.
-    fn view(hub: &Hub, key: &Key) -> Option<Self::View>;
+    /// What the operator concluded about `key` (the hub's compilation; for budgets also the
+    /// fleet ledger), once the hub compiled the object.
+    fn view(ctx: &Context, key: &Key) -> Option<Self::View>;
     /// The generation `view` is about.
     fn view_generation(view: &Self::View) -> i64;
     /// The status `view` calls for, given the last one written.
@@ -75,8 +83,16 @@ pub trait Reconciled:
         generation: i64,
         view: &Self::View,
         old: Option<&Self::Status>,
-        now: &str,
+        now: &Now,
     ) -> Self::Status;
+    /// When to reconcile again without a trigger.
+    fn requeue(_view: &Self::View, _now: &Now) -> Duration {
+        Duration::from_secs(300)
+    }
+    /// Publishes what a reconcile concluded beyond status (metrics).
+    fn observe(_ctx: &Context, _key: &Key, _view: &Self::View, _now: &Now) {}
+    /// Forgets what [`Reconciled::observe`] published about an object that is gone.
+    fn forget(_ctx: &Context, _key: &Key) {}
     /// Compiler warnings to report once per generation.
     fn warnings(view: &Self::View) -> &[FieldError];
     /// Whether something other than a timestamp changed.
@@ -94,8 +110,8 @@ impl Reconciled for LLMRoute {
     type Status = LLMRouteStatus;
     type View = (Outcome, Rollout);
 
-    fn view(hub: &Hub, key: &Key) -> Option<Self::View> {
-        hub.route_view(key)
+    fn view(ctx: &Context, key: &Key) -> Option<Self::View> {
+        ctx.hub.route_view(key)
     }
     fn view_generation((outcome, _): &Self::View) -> i64 {
         outcome.generation
@@ -104,9 +120,9 @@ impl Reconciled for LLMRoute {
         generation: i64,
         (outcome, rollout): &Self::View,
         old: Option<&Self::Status>,
-        now: &str,
+        now: &Now,
     ) -> Self::Status {
-        status::route_status(generation, outcome, *rollout, old, now)
+        status::route_status(generation, outcome, *rollout, old, &now.text)
     }
     fn warnings((outcome, _): &Self::View) -> &[FieldError] {
         &outcome.warnings
@@ -128,21 +144,60 @@ impl Reconciled for LLMRoute {
 impl Reconciled for LLMBudget {
     const KIND: &'static str = "LLMBudget";
     type Status = LLMBudgetStatus;
-    type View = BudgetView;
+    type View = (BudgetView, Option<BudgetLedger>);
 
-    fn view(hub: &Hub, key: &Key) -> Option<Self::View> {
-        hub.budget_view(key)
+    fn view(ctx: &Context, key: &Key) -> Option<Self::View> {
+        let view = ctx.hub.budget_view(key)?;
+        let ledger = ctx
+            .ledgers
+            .get(&ObjectRef::new(&ledger_name(&view.uid)).within(&ctx.namespace))
+            .and_then(|cm| read_ledger(&cm));
+        Some((view, ledger))
     }
-    fn view_generation(view: &Self::View) -> i64 {
+    fn view_generation((view, _): &Self::View) -> i64 {
         view.generation
     }
     fn status_for(
         generation: i64,
-        view: &Self::View,
+        (view, ledger): &Self::View,
         old: Option<&Self::Status>,
-        now: &str,
+        now: &Now,
     ) -> Self::Status {
-        status::budget_status(generation, view.limit.clone(), &view.errors, old, now)
+        status::budget_status(generation, view, ledger.as_ref(), old, now)
+    }
+    fn requeue((view, _): &Self::View, now: &Now) -> Duration {
+        // Status shows the new period from its first second, reports or not.
+        let to_rollover = view.budget.as_ref().map_or(u64::MAX, |b| {
+            period_bounds(b.period, now.unix).1.saturating_sub(now.unix) + 1
+        });
+        Duration::from_secs(to_rollover.min(300))
+    }
+    fn observe(ctx: &Context, (ns, name): &Key, (view, ledger): &Self::View, now: &Now) {
+        let Some(budget) = &view.budget else {
+            ctx.metrics.forget_budget(ns, name);
+            return;
+        };
+        let (current, _) = period_bounds(budget.period, now.unix);
+        let total = ledger
+            .as_ref()
+            .filter(|l| l.period_start >= current)
+            .map(|l| l.total)
+            .unwrap_or_default();
+        // Per hour so far this period (at least one minute in, so the first seconds do not
+        // extrapolate a few cents into dollars an hour).
+        let elapsed = now.unix.saturating_sub(current).max(60);
+        let burn = u128::from(total.micro_usd) * 3600 / u128::from(elapsed);
+        ctx.metrics.set_budget(
+            ns,
+            name,
+            total.micro_usd,
+            total.tokens(),
+            budget.limit_usd,
+            u64::try_from(burn).unwrap_or(u64::MAX),
+        );
+    }
+    fn forget(ctx: &Context, (ns, name): &Key) {
+        ctx.metrics.forget_budget(ns, name);
     }
     fn warnings(_: &Self::View) -> &[FieldError] {
         &[]
@@ -226,15 +281,29 @@ pub struct Context {
     metrics: Arc<Metrics>,
     written_routes: Written<LLMRouteStatus>,
     written_budgets: Written<LLMBudgetStatus>,
+    /// The operator's namespace, where budget ledgers live.
+    namespace: String,
+    /// The budget ledgers, as the leader's watch has them.
+    ledgers: Store<ConfigMap>,
+    ledger_writer: Mutex<Option<Writer<ConfigMap>>>,
+    clock: UnixClock,
 }
 
 impl Context {
     /// A context for a leader term.
-    pub fn new(client: Client, hub: Arc<Hub>, metrics: Arc<Metrics>, identity: &str) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        namespace: &str,
+        clock: UnixClock,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(identity.to_string()),
         };
+        let (ledgers, writer) = reflector::store();
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -242,7 +311,19 @@ impl Context {
             metrics,
             written_routes: Written::default(),
             written_budgets: Written::default(),
+            namespace: namespace.to_string(),
+            ledgers,
+            ledger_writer: Mutex::new(Some(writer)),
+            clock,
         })
+    }
+
+    fn now(&self) -> Now {
+        let unix = (self.clock)();
+        Now {
+            text: rfc3339(unix),
+            unix,
+        }
     }
 
     /// Objects of kind `K` with a written status noted.
@@ -262,24 +343,92 @@ impl Context {
     }
 }
 
-fn now() -> String {
-    // Seconds precision, as metav1.Time serialises.
-    Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or_else(|_| Timestamp::now())
-        .to_string()
+/// The time a reconcile runs at: Unix seconds, and as metav1.Time serialises (seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// RFC 3339, UTC.
+    pub text: String,
+    /// Unix seconds.
+    pub unix: u64,
 }
 
 /// Runs both controllers until the returned future is dropped (leadership lost).
 pub async fn run(ctx: Arc<Context>, stores: Stores) {
     let (route_tx, route_rx) = mpsc::unbounded_channel::<ObjectRef<LLMRoute>>();
     let (budget_tx, budget_rx) = mpsc::unbounded_channel::<ObjectRef<LLMBudget>>();
-    ctx.hub.set_triggers(route_tx, budget_tx);
-    futures::future::join(
+    ctx.hub.set_triggers(route_tx, budget_tx.clone());
+    futures::future::join4(
         controller_for(&ctx, stores.routes.clone(), route_rx),
         controller_for(&ctx, stores.budgets.clone(), budget_rx),
+        watch_ledgers(&ctx, budget_tx),
+        sweep_ledgers(&ctx, stores.budgets.clone()),
     )
     .await;
+}
+
+/// How often the leader deletes the ledgers of budgets that are gone.
+const LEDGER_SWEEP: Duration = Duration::from_secs(600);
+
+/// Deletes, a minute into each leader term and every [`LEDGER_SWEEP`] after, the ledger
+/// ConfigMaps whose budget (by uid) is gone: a deleted budget's spend goes with it, and a
+/// budget recreated under the same name starts from zero.
+async fn sweep_ledgers(ctx: &Arc<Context>, budgets: Store<LLMBudget>) {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    loop {
+        if budgets.wait_until_ready().await.is_ok() && ctx.ledgers.wait_until_ready().await.is_ok()
+        {
+            let live: std::collections::HashSet<String> = budgets
+                .state()
+                .iter()
+                .filter_map(|b| b.uid())
+                .map(|uid| ledger_name(&uid))
+                .collect();
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+            for cm in ctx.ledgers.state() {
+                let name = cm.name_any();
+                if !live.contains(&name) {
+                    match api.delete(&name, &Default::default()).await {
+                        Ok(_) => {
+                            tracing::info!(configmap = %name, "deleted the ledger of a budget that is gone")
+                        }
+                        Err(e) => {
+                            tracing::warn!(configmap = %name, error = %e, "cannot delete the ledger of a budget that is gone")
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(LEDGER_SWEEP).await;
+    }
+}
+
+/// Watches the budget ledgers (any replica may write one) and reconciles the budget of each
+/// that changes, so its status follows the fleet's spend within a second or so.
+async fn watch_ledgers(ctx: &Arc<Context>, budgets: mpsc::UnboundedSender<ObjectRef<LLMBudget>>) {
+    let Some(writer) = ctx.ledger_writer.lock().take() else {
+        return;
+    };
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let config = watcher::Config::default().labels(LEDGER_LABEL);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(cm) => {
+                let a = cm.metadata.annotations.unwrap_or_default();
+                if let (Some(ns), Some(name)) = (
+                    a.get(BUDGET_NAMESPACE_ANNOTATION),
+                    a.get(BUDGET_NAME_ANNOTATION),
+                ) {
+                    let _ = budgets.send(ObjectRef::new(name).within(ns));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching budget ledgers failed; retrying"),
+        }
+    }
 }
 
 /// The controller of kind `K` over its shared store, reconciling what the hub triggers.
@@ -298,6 +447,15 @@ async fn controller_for<K>(
         .with_config(config)
         .run(reconcile::<K>, error_policy::<K>, ctx.clone())
         .for_each(|r| {
+            if let Err(controller::Error::ObjectNotFound(gone)) = &r {
+                K::forget(
+                    ctx,
+                    &(
+                        gone.namespace.clone().unwrap_or_default(),
+                        gone.name.clone(),
+                    ),
+                );
+            }
             K::written(ctx).settle(&r);
             count_ok(ctx, K::KIND, r.is_ok())
         })
@@ -324,7 +482,7 @@ async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         let _timer = ctx.metrics.reconcile_seconds.start_timer();
         let generation = obj.meta().generation.unwrap_or_default();
         let key = (ns.clone(), name.clone());
-        let Some(view) = K::view(&ctx.hub, &key) else {
+        let Some(view) = K::view(&ctx, &key) else {
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
         if K::view_generation(&view) != generation {
@@ -335,7 +493,9 @@ async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         let old = K::written(&ctx)
             .get(&key, &uid)
             .or_else(|| obj.stored_status().cloned());
-        let new = K::status_for(generation, &view, old.as_ref(), &now());
+        let now = ctx.now();
+        K::observe(&ctx, &key, &view, &now);
+        let new = K::status_for(generation, &view, old.as_ref(), &now);
         if K::status_changed(old.as_ref(), &new) {
             let (old_conditions, old_generation) =
                 old.as_ref().map(K::conditions).unwrap_or_default();
@@ -354,7 +514,7 @@ async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             K::written(&ctx).record(key, uid, new);
             ctx.publish(obj.as_ref(), emits).await;
         }
-        Ok(Action::requeue(Duration::from_secs(300)))
+        Ok(Action::requeue(K::requeue(&view, &now)))
     }
     .instrument(span)
     .await

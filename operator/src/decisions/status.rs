@@ -2,10 +2,16 @@
 //! how many sidecars serve it (a [`Rollout`]) and the status already stored -> the status to
 //! write, and whether writing it would change anything but a timestamp.
 
-use llmesh_api::condition::{ACCEPTED, Condition, READY, RESOLVED_REFS};
-use llmesh_api::{LLMBudgetStatus, LLMRouteStatus};
+use llmesh_api::condition::{ACCEPTED, BUDGET_EXCEEDED, Condition, READY, RESOLVED_REFS};
+use llmesh_api::ledger::{BudgetLedger, Spend};
+use llmesh_api::money::format_usd;
+use llmesh_api::period::{period_bounds, rfc3339};
+use llmesh_api::snapshot::Budget;
+use llmesh_api::{BudgetAction, LLMBudgetStatus, LLMRouteStatus, UserSpend};
 
+use crate::decisions::controller::Now;
 use crate::decisions::outcome::Outcome;
+use crate::push::hub::BudgetView;
 
 /// Reasons, one constant each, so programs can match on them.
 pub mod reason {
@@ -29,6 +35,12 @@ pub mod reason {
     pub const NOT_SERVED: &str = "NotServed";
     /// A budget is compiled into the snapshots of its namespace.
     pub const ENFORCED: &str = "Enforced";
+    /// The fleet reached a budget's cap this period.
+    pub const EXHAUSTED: &str = "Exhausted";
+    /// Some user keys of a `perUser` budget reached their cap this period.
+    pub const USERS_EXHAUSTED: &str = "UsersExhausted";
+    /// A budget's cap is not reached this period.
+    pub const WITHIN_LIMIT: &str = "WithinLimit";
 }
 
 /// How many connected sidecars should serve a route, and how many serve its latest generation.
@@ -177,15 +189,17 @@ pub fn route_status(
     }
 }
 
-/// The budget status to store: `Accepted` and `Ready` (enforced) with the cap in words.
+/// The budget status to store: `Accepted` and `Ready` (enforced) with the cap in words, and,
+/// for an enforced budget, the fleet's spend this period from its ledger (none yet: nothing
+/// spent) with the `BudgetExceeded` condition.
 pub fn budget_status(
     generation: i64,
-    limit: Option<String>,
-    errors: &[llmesh_api::compile::FieldError],
+    view: &BudgetView,
+    ledger: Option<&BudgetLedger>,
     old: Option<&LLMBudgetStatus>,
-    now: &str,
+    now: &Now,
 ) -> LLMBudgetStatus {
-    let conditions = if errors.is_empty() {
+    let mut conditions = if view.errors.is_empty() {
         vec![
             accepted(),
             Condition::new(
@@ -197,7 +211,7 @@ pub fn budget_status(
         ]
     } else {
         vec![
-            invalid(&join(errors)),
+            invalid(&join(&view.errors)),
             Condition::new(
                 READY,
                 false,
@@ -207,16 +221,134 @@ pub fn budget_status(
         ]
     };
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    LLMBudgetStatus {
-        observed_generation: Some(generation),
-        limit,
-        // Spend is aggregated from sidecar usage reports, which a later version adds; keep
-        // what is stored rather than erasing it.
-        spent: old.and_then(|s| s.spent.clone()),
-        spent_tokens: old.and_then(|s| s.spent_tokens),
-        remaining: old.and_then(|s| s.remaining.clone()),
-        period_start: old.and_then(|s| s.period_start.clone()),
-        conditions: stamp(conditions, old_conditions, generation, now),
+    let mut status = match &view.budget {
+        Some(budget) => {
+            let (status, exceeded) = spend_status(budget, ledger, now.unix);
+            conditions.push(exceeded);
+            status
+        }
+        // Not enforced: keep the last figures rather than erasing them.
+        None => LLMBudgetStatus {
+            spent: old.and_then(|s| s.spent.clone()),
+            spent_tokens: old.and_then(|s| s.spent_tokens),
+            remaining: old.and_then(|s| s.remaining.clone()),
+            period_start: old.and_then(|s| s.period_start.clone()),
+            users: old.and_then(|s| s.users),
+            top_users: old.map(|s| s.top_users.clone()).unwrap_or_default(),
+            ..LLMBudgetStatus::default()
+        },
+    };
+    status.observed_generation = Some(generation);
+    status.limit = view.limit.clone();
+    status.conditions = stamp(conditions, old_conditions, generation, &now.text);
+    status
+}
+
+/// User keys listed in a `perUser` budget's status.
+pub const TOP_USERS: usize = 10;
+
+fn usd(micro: u64) -> String {
+    format!("${}", format_usd(micro))
+}
+
+/// The spend figures and `BudgetExceeded` condition of an enforced budget at `now`, from its
+/// ledger: a ledger of an earlier period counts as nothing spent (the period rolled over).
+pub fn spend_status(
+    budget: &Budget,
+    ledger: Option<&BudgetLedger>,
+    now: u64,
+) -> (LLMBudgetStatus, Condition) {
+    let (current, end) = period_bounds(budget.period, now);
+    let fresh = BudgetLedger::new(current);
+    let ledger = ledger
+        .filter(|l| l.period_start >= current)
+        .unwrap_or(&fresh);
+    let cap = crate::spend::cap_of(budget);
+    let total = ledger.total;
+    let remaining = (!budget.per_user)
+        .then(|| {
+            let usd_left = budget
+                .limit_usd
+                .map(|l| usd(l.saturating_sub(total.micro_usd)));
+            let tokens_left = budget
+                .limit_tokens
+                .map(|l| format!("{} tokens", l.saturating_sub(total.tokens())));
+            match (usd_left, tokens_left) {
+                (Some(u), Some(t)) => Some(format!("{u}, {t}")),
+                (u, t) => u.or(t),
+            }
+        })
+        .flatten();
+    let status = LLMBudgetStatus {
+        spent: Some(usd(total.micro_usd)),
+        spent_tokens: Some(total.tokens()),
+        remaining,
+        period_start: Some(rfc3339(ledger.period_start)),
+        users: budget.per_user.then_some(ledger.users.len() as u64),
+        top_users: ledger
+            .top_users(TOP_USERS)
+            .into_iter()
+            .map(|(user, s)| UserSpend {
+                user: user.to_string(),
+                spent: usd(s.micro_usd),
+                spent_tokens: s.tokens(),
+            })
+            .collect(),
+        ..LLMBudgetStatus::default()
+    };
+    let resets = rfc3339(end);
+    let exceeded = if budget.per_user {
+        let capped = |s: &Spend| {
+            cap.micro_usd.is_some_and(|l| s.micro_usd >= l)
+                || cap.tokens.is_some_and(|l| s.tokens() >= l)
+        };
+        let n = ledger.users.values().filter(|s| capped(s)).count();
+        if n > 0 {
+            Condition::new(
+                BUDGET_EXCEEDED,
+                true,
+                reason::USERS_EXHAUSTED,
+                format!(
+                    "{n} user key(s) reached their per-user cap this period; it resets at {resets}"
+                ),
+            )
+        } else {
+            Condition::new(
+                BUDGET_EXCEEDED,
+                false,
+                reason::WITHIN_LIMIT,
+                "no user key has reached its per-user cap this period",
+            )
+        }
+    } else if ledger.exhausted(cap) {
+        Condition::new(
+            BUDGET_EXCEEDED,
+            true,
+            reason::EXHAUSTED,
+            format!(
+                "the fleet spent the cap for this period (action {}); it resets at {resets}",
+                action_word(budget.action)
+            ),
+        )
+    } else {
+        Condition::new(
+            BUDGET_EXCEEDED,
+            false,
+            reason::WITHIN_LIMIT,
+            format!(
+                "{}% of the cap spent this period",
+                ledger.used_permille(cap) / 10
+            ),
+        )
+    };
+    (status, exceeded)
+}
+
+fn action_word(a: BudgetAction) -> &'static str {
+    match a {
+        BudgetAction::Reject => "reject: requests get 429 until then",
+        BudgetAction::Downgrade => "downgrade: requests go to downgradeBackend until then",
+        BudgetAction::Alert => "alert: requests still go through",
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::push::auth::{AuthError, Authenticator};
-use crate::push::hub::{Hub, Refusal};
+use crate::push::hub::{Hub, PodIdentity, Refusal};
 use crate::push::podcheck::{CheckError, PodCheck};
 
 /// What the poll handler needs.
@@ -40,7 +40,7 @@ pub struct Poller {
 /// How long to wait for a just-created pod to show up in the watch before refusing it.
 const POD_GRACE: Duration = Duration::from_secs(3);
 
-fn json_error(
+pub(crate) fn json_error(
     code: StatusCode,
     message: String,
     retry_after: Option<u64>,
@@ -85,6 +85,37 @@ impl Poller {
         response
     }
 
+    /// The pod behind an `Authorization` header value, checked to run the injected sidecar; or
+    /// the error answer to send (`401`, `403`, `503`).
+    pub async fn identify(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<PodIdentity, Response<Full<Bytes>>> {
+        let id = match self.auth.identify(authorization).await {
+            Ok(id) => id,
+            Err(AuthError::Unauthenticated(m)) => {
+                return Err(json_error(StatusCode::UNAUTHORIZED, m, None));
+            }
+            Err(e @ AuthError::Unavailable(_)) => {
+                return Err(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                    Some(2),
+                ));
+            }
+        };
+        // The label the pod watch selects on is the pod author's claim; its spec is proof.
+        match Box::pin(self.pods.check(&id)).await {
+            Ok(()) => Ok(id),
+            Err(CheckError::Refused(m)) => Err(json_error(StatusCode::FORBIDDEN, m, None)),
+            Err(e @ CheckError::Unavailable(_)) => Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                Some(2),
+            )),
+        }
+    }
+
     async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         let serving = version_from_query(req.uri().query());
         let delta = wants_delta(req.uri().query()) && !serving.is_empty();
@@ -98,25 +129,12 @@ impl Poller {
         drop(req);
         // Boxed: the TokenReview's future is larger than everything else here, and this
         // future lives as long as the poll is held. The token is not needed past it.
-        let identified = Box::pin(self.auth.identify(authorization.as_deref())).await;
+        let identified = Box::pin(self.identify(authorization.as_deref())).await;
         drop(authorization);
         let id = match identified {
             Ok(id) => id,
-            Err(AuthError::Unauthenticated(m)) => {
-                return json_error(StatusCode::UNAUTHORIZED, m, None);
-            }
-            Err(e @ AuthError::Unavailable(_)) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(2));
-            }
+            Err(refused) => return refused,
         };
-        // The label the pod watch selects on is the pod author's claim; its spec is proof.
-        match Box::pin(self.pods.check(&id)).await {
-            Ok(()) => {}
-            Err(CheckError::Refused(m)) => return json_error(StatusCode::FORBIDDEN, m, None),
-            Err(e @ CheckError::Unavailable(_)) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(2));
-            }
-        }
         let mut shutdown = self.shutdown.clone();
         let deadline = tokio::time::Instant::now() + self.hold;
         let pod_deadline = tokio::time::Instant::now() + POD_GRACE;

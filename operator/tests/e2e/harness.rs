@@ -232,6 +232,14 @@ impl Operator {
             stop_child(&mut c).await;
         }
     }
+
+    /// SIGKILL, as an OOM kill or a lost node would; waits for the exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
 }
 
 impl Drop for Operator {

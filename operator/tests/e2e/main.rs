@@ -4,6 +4,7 @@
 //! sidecar processes holding Pod-bound tokens, served by the mock provider.
 #![forbid(unsafe_code)]
 
+mod budgets;
 mod canary;
 mod cert_dir;
 mod harness;

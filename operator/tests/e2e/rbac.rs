@@ -57,6 +57,10 @@ async fn the_operator_service_account_has_exactly_what_it_needs() -> Result<()> 
             Some(SYSTEM_NS),
         ),
         ("update", "secrets/llmesh-operator-tls", Some(SYSTEM_NS)),
+        // Fleet budget ledgers, in its own namespace.
+        ("create", "configmaps", Some(SYSTEM_NS)),
+        ("update", "configmaps", Some(SYSTEM_NS)),
+        ("watch", "configmaps", Some(SYSTEM_NS)),
     ];
     let denied = [
         // Specs belong to their owners; the operator writes status only.
@@ -74,8 +78,10 @@ async fn the_operator_service_account_has_exactly_what_it_needs() -> Result<()> 
         ("create", "secrets", Some("team")),
         ("update", "secrets/other", Some(SYSTEM_NS)),
         ("delete", "secrets/llmesh-operator-tls", Some(SYSTEM_NS)),
-        // Nothing else.
+        // Nothing else (ConfigMaps only in its own namespace).
         ("list", "configmaps", None),
+        ("get", "configmaps", Some("team")),
+        ("update", "configmaps", Some("team")),
         ("create", "serviceaccounts/token", Some("team")),
         (
             "update",

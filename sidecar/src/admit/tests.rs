@@ -49,6 +49,7 @@ fn ticket() -> Ticket {
         log,
         clock: Arc::new(SystemClock),
         buffers: Arc::new(Buffers::new(0)),
+        usage: None,
     });
     Ticket::new(
         ledger,

@@ -1,5 +1,6 @@
 use super::*;
 use llmesh_api::compile::FieldError;
+use std::sync::Arc;
 
 fn fe(field: &str, message: &str) -> FieldError {
     FieldError {
@@ -140,27 +141,196 @@ fn timestamps_survive_when_status_does_not_change_and_are_not_a_change() {
     );
 }
 
+fn now(unix: u64) -> Now {
+    Now {
+        text: llmesh_api::period::rfc3339(unix),
+        unix,
+    }
+}
+
+/// 2026-12-08T10:00:00Z.
+const T: u64 = 1_796_724_000;
+
+fn day_budget(per_user: bool) -> Arc<Budget> {
+    Arc::new(Budget {
+        namespace: "team-a".into(),
+        name: "daily".into(),
+        routes: vec![],
+        per_user,
+        limit_usd: Some(25_000_000),
+        limit_tokens: None,
+        period: llmesh_api::BudgetPeriod::Day,
+        action: BudgetAction::Reject,
+        downgrade_backend: None,
+        alert_thresholds: vec![50, 80, 100],
+    })
+}
+
+fn view(budget: Option<Arc<Budget>>, errors: Vec<FieldError>) -> BudgetView {
+    BudgetView {
+        generation: 2,
+        limit: Some("$25.000000/day".into()),
+        errors,
+        uid: "u1".into(),
+        budget,
+    }
+}
+
+fn ledger_with(period_start: u64, micro_usd: u64, users: &[(&str, u64)]) -> BudgetLedger {
+    let mut l = BudgetLedger::new(period_start);
+    l.total = Spend {
+        micro_usd,
+        input_tokens: 1000,
+        output_tokens: 500,
+        requests: 3,
+    };
+    for (u, m) in users {
+        l.users.insert(
+            u.to_string(),
+            Spend {
+                micro_usd: *m,
+                ..Spend::default()
+            },
+        );
+    }
+    l
+}
+
+fn bcond<'a>(s: &'a LLMBudgetStatus, t: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[test]
+fn an_enforced_budget_shows_the_fleet_spend_from_its_ledger() {
+    let day = T - T % 86_400;
+    let ledger = ledger_with(day, 20_500_000, &[]);
+    let s = budget_status(
+        2,
+        &view(Some(day_budget(false)), vec![]),
+        Some(&ledger),
+        None,
+        &now(T),
+    );
+    assert_eq!(s.spent.as_deref(), Some("$20.500000"));
+    assert_eq!(s.spent_tokens, Some(1500));
+    assert_eq!(s.remaining.as_deref(), Some("$4.500000"));
+    assert_eq!(s.period_start.as_deref(), Some("2026-12-08T00:00:00Z"));
+    assert_eq!(s.limit.as_deref(), Some("$25.000000/day"));
+    let e = bcond(&s, BUDGET_EXCEEDED);
+    assert!(!e.is_true());
+    assert_eq!(e.reason, reason::WITHIN_LIMIT);
+    assert_eq!(e.message, "82% of the cap spent this period");
+    assert_eq!(s.users, None);
+}
+
+#[test]
+fn a_budget_without_reports_shows_nothing_spent_and_a_spent_one_is_exceeded() {
+    let fresh = budget_status(
+        2,
+        &view(Some(day_budget(false)), vec![]),
+        None,
+        None,
+        &now(T),
+    );
+    assert_eq!(fresh.spent.as_deref(), Some("$0.000000"));
+    assert_eq!(fresh.remaining.as_deref(), Some("$25.000000"));
+    assert!(!bcond(&fresh, BUDGET_EXCEEDED).is_true());
+
+    let day = T - T % 86_400;
+    let spent = ledger_with(day, 25_000_001, &[]);
+    let s = budget_status(
+        2,
+        &view(Some(day_budget(false)), vec![]),
+        Some(&spent),
+        Some(&fresh),
+        &now(T),
+    );
+    assert!(budget_status_changed(Some(&fresh), &s));
+    assert_eq!(s.remaining.as_deref(), Some("$0.000000"));
+    let e = bcond(&s, BUDGET_EXCEEDED);
+    assert!(e.is_true());
+    assert_eq!(e.reason, reason::EXHAUSTED);
+    assert!(
+        e.message.contains("resets at 2026-12-09T00:00:00Z"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_ledger_of_an_earlier_period_counts_as_nothing_spent() {
+    let yesterday = T - T % 86_400 - 86_400;
+    let old = ledger_with(yesterday, 25_000_000, &[]);
+    let s = budget_status(
+        2,
+        &view(Some(day_budget(false)), vec![]),
+        Some(&old),
+        None,
+        &now(T),
+    );
+    assert_eq!(s.spent.as_deref(), Some("$0.000000"));
+    assert_eq!(s.period_start.as_deref(), Some("2026-12-08T00:00:00Z"));
+    assert!(!bcond(&s, BUDGET_EXCEEDED).is_true());
+}
+
+#[test]
+fn a_per_user_budget_lists_its_top_spenders_and_counts_capped_users() {
+    let day = T - T % 86_400;
+    let l = ledger_with(
+        day,
+        40_000_000,
+        &[("alice", 26_000_000), ("bob", 14_000_000)],
+    );
+    let s = budget_status(
+        2,
+        &view(Some(day_budget(true)), vec![]),
+        Some(&l),
+        None,
+        &now(T),
+    );
+    assert_eq!(s.users, Some(2));
+    assert_eq!(s.remaining, None);
+    assert_eq!(s.top_users[0].user, "alice");
+    assert_eq!(s.top_users[0].spent, "$26.000000");
+    assert_eq!(s.top_users[1].user, "bob");
+    let e = bcond(&s, BUDGET_EXCEEDED);
+    assert!(e.is_true());
+    assert_eq!(e.reason, reason::USERS_EXHAUSTED);
+    assert!(e.message.starts_with("1 user key(s)"), "{}", e.message);
+}
+
 #[test]
 fn budget_status_keeps_spend_and_reports_errors() {
     let old = LLMBudgetStatus {
         spent: Some("1.50".into()),
         ..Default::default()
     };
-    let ok = budget_status(2, Some("$25.00/day".into()), &[], Some(&old), "T1");
-    assert_eq!(ok.spent.as_deref(), Some("1.50"));
-    assert_eq!(ok.limit.as_deref(), Some("$25.00/day"));
-    assert!(ok.conditions.iter().all(Condition::is_true));
     let bad = budget_status(
         2,
+        &view(
+            None,
+            vec![fe(
+                "spec.downgradeBackend",
+                "route x has no backend `cheap`",
+            )],
+        ),
         None,
-        &[fe(
-            "spec.downgradeBackend",
-            "route x has no backend `cheap`",
-        )],
-        Some(&ok),
-        "T2",
+        Some(&old),
+        &now(T),
     );
-    assert!(budget_status_changed(Some(&ok), &bad));
+    assert!(budget_status_changed(Some(&old), &bad));
+    assert_eq!(bad.spent.as_deref(), Some("1.50"));
     let accepted = bad.conditions.iter().find(|c| c.type_ == ACCEPTED).unwrap();
     assert!(accepted.message.contains("spec.downgradeBackend"));
+    assert!(bad.conditions.iter().all(|c| c.type_ != BUDGET_EXCEEDED));
+}
+
+#[test]
+fn an_unchanged_spend_is_not_a_change() {
+    let day = T - T % 86_400;
+    let l = ledger_with(day, 1_000_000, &[]);
+    let v = view(Some(day_budget(false)), vec![]);
+    let a = budget_status(2, &v, Some(&l), None, &now(T));
+    let b = budget_status(2, &v, Some(&l), Some(&a), &now(T + 30));
+    assert!(!budget_status_changed(Some(&a), &b));
 }

@@ -304,6 +304,24 @@ impl Hub {
         self.state.lock().budgets.get(key).map(BudgetEntry::view)
     }
 
+    /// The enforced budget `name` of namespace `ns`, with its object's uid: what a usage report
+    /// for it is counted against.
+    pub fn served_budget(&self, ns: &str, name: &str) -> Option<(String, Arc<Budget>)> {
+        let st = self.state.lock();
+        let entry = st.budgets.get(&(ns.to_string(), name.to_string()))?;
+        Some((entry.uid.clone(), entry.served()?.clone()))
+    }
+
+    /// The enforced budgets of namespace `ns`, with their objects' uids.
+    pub fn served_budgets(&self, ns: &str) -> Vec<(String, Arc<Budget>)> {
+        let st = self.state.lock();
+        st.budgets
+            .range((ns.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .filter_map(|(_, e)| Some((e.uid.clone(), e.served()?.clone())))
+            .collect()
+    }
+
     /// Opens a poll for the pod behind a verified token, noting the version it serves.
     pub fn subscribe(
         self: &Arc<Self>,

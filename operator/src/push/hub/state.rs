@@ -74,6 +74,10 @@ pub struct BudgetView {
     pub limit: Option<String>,
     /// Everything wrong with it; empty when it is enforced.
     pub errors: Vec<FieldError>,
+    /// The object's uid (its fleet ledger is named after it).
+    pub uid: String,
+    /// The compiled budget, when it is enforced.
+    pub budget: Option<Arc<Budget>>,
 }
 
 impl BudgetEntry {
@@ -84,6 +88,8 @@ impl BudgetEntry {
             generation: self.generation,
             limit: self.limit.clone(),
             errors,
+            uid: self.uid.clone(),
+            budget: self.served().cloned(),
         }
     }
 

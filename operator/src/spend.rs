@@ -1,0 +1,371 @@
+//! Fleet spend: the usage reports sidecars send (`POST /v1/usage`), counted exactly once into
+//! each budget's [`BudgetLedger`], persisted in a ConfigMap per budget in the operator's
+//! namespace (named after the budget's uid), with the API server's optimistic concurrency so any
+//! replica can take a report and no two count one. The leader turns the ledgers into
+//! `LLMBudget.status` (see `decisions::controller`); the replica that persists a threshold
+//! crossing raises its Event, once per threshold and period. docs/architecture.md, "Fleet
+//! budgets".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use llmesh_api::ledger::{BudgetLedger, Cap, FleetSpend, UsageAck, UsageReport};
+use llmesh_api::money::format_usd;
+use llmesh_api::period::period_bounds;
+use llmesh_api::snapshot::Budget;
+use llmesh_api::{API_VERSION, LLMBudget};
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::pki::tls::FIELD_MANAGER;
+use crate::push::hub::Hub;
+use crate::push::hub::PodIdentity;
+
+/// The label every ledger ConfigMap carries (the leader watches by it).
+pub const LEDGER_LABEL: &str = "llmesh.io/ledger";
+/// The annotation naming the namespace of a ledger's budget.
+pub const BUDGET_NAMESPACE_ANNOTATION: &str = "llmesh.io/budget-namespace";
+/// The annotation naming a ledger's budget.
+pub const BUDGET_NAME_ANNOTATION: &str = "llmesh.io/budget-name";
+/// The ConfigMap key holding the ledger's JSON.
+pub const LEDGER_KEY: &str = "ledger.json";
+/// Writes retried when another replica wrote the same ledger in between.
+const CONFLICT_RETRIES: usize = 10;
+
+/// The wall clock, Unix seconds (a parameter, so tests are exact).
+pub type UnixClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> UnixClock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// The name of the ConfigMap holding the ledger of the budget with `uid`.
+pub fn ledger_name(uid: &str) -> String {
+    format!("llmesh-ledger-{uid}")
+}
+
+/// The ledger a ConfigMap holds, if it holds a readable one.
+pub fn read_ledger(cm: &ConfigMap) -> Option<BudgetLedger> {
+    let text = cm.data.as_ref()?.get(LEDGER_KEY)?;
+    match serde_json::from_str(text) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(configmap = ?cm.metadata.name, error = %e, "a budget ledger is unreadable; it starts again from zero");
+            None
+        }
+    }
+}
+
+/// The caps a ledger compares with.
+pub fn cap_of(budget: &Budget) -> Cap {
+    Cap {
+        micro_usd: budget.limit_usd,
+        tokens: budget.limit_tokens,
+    }
+}
+
+/// Why a report was not persisted (the sidecar resends it).
+#[derive(Debug, thiserror::Error)]
+pub enum SpendError {
+    /// The API server refused or failed a read or write.
+    #[error("cannot persist the budget ledger now: {0}")]
+    Api(#[from] kube::Error),
+    /// Other replicas kept writing the same ledger.
+    #[error("the budget ledger kept changing under this write; resend")]
+    Conflict,
+    /// The operator has not read the cluster yet: it cannot tell a budget it does not know yet
+    /// from one that is gone.
+    #[error("the operator is starting and has not read the cluster yet; resend")]
+    Starting,
+}
+
+/// Counts usage reports into budget ledgers.
+pub struct Accountant {
+    client: Client,
+    /// The operator's namespace: where the ledgers live.
+    namespace: String,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    clock: UnixClock,
+    /// Every ledger, as this replica's watch has them: what fleet totals are answered from.
+    ledgers: Store<ConfigMap>,
+}
+
+/// Watches the ledgers in `namespace` into a store (on `tasks`).
+pub fn watch_ledgers(
+    client: &Client,
+    namespace: &str,
+    tasks: &mut JoinSet<()>,
+) -> Store<ConfigMap> {
+    let (reader, writer) = reflector::store();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let stream = watcher(api, watcher::Config::default().labels(LEDGER_LABEL))
+        .default_backoff()
+        .reflect(writer);
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching budget ledgers failed; retrying");
+            }
+        }
+    });
+    reader
+}
+
+impl Accountant {
+    /// An accountant persisting into `namespace`, answering fleet totals from `ledgers`.
+    pub fn new(
+        client: Client,
+        namespace: String,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        clock: UnixClock,
+        ledgers: Store<ConfigMap>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            namespace,
+            hub,
+            metrics,
+            clock,
+            ledgers,
+        }
+    }
+
+    /// Counts `report` from the sidecar of pod `id` into the ledger of every budget of the pod's
+    /// namespace it names, and answers once all are persisted, with the fleet's totals for every
+    /// budget of the namespace. The reporter is the pod's uid plus the sidecar's own process
+    /// nonce: a sidecar cannot write under another pod's name. Entries for budgets that are not
+    /// enforced (deleted, invalid) are dropped. A report without entries (`seq` 0) only asks for
+    /// the totals.
+    pub async fn apply(
+        &self,
+        id: &PodIdentity,
+        mut report: UsageReport,
+    ) -> Result<UsageAck, SpendError> {
+        if !self.hub.is_synced() {
+            return Err(SpendError::Starting);
+        }
+        report.reporter = format!("{}/{}", id.uid, report.reporter);
+        if report.seq == 0 {
+            // A query: real reports are numbered from 1.
+            report.entries.clear();
+        }
+        let names: BTreeSet<String> = report.entries.iter().map(|e| e.budget.clone()).collect();
+        let mut persisted = BTreeMap::new();
+        for name in names {
+            let Some((uid, budget)) = self.hub.served_budget(&id.namespace, &name) else {
+                self.count("unknown_budget");
+                continue;
+            };
+            let ledger = self.persist(&uid, &budget, &report).await?;
+            persisted.insert(name, ledger);
+        }
+        let now = (self.clock)();
+        let mut budgets = Vec::new();
+        for (uid, budget) in self.hub.served_budgets(&id.namespace) {
+            let ledger = match persisted.remove(&budget.name) {
+                Some(l) => Some(l),
+                None => self
+                    .ledgers
+                    .get(&ObjectRef::new(&ledger_name(&uid)).within(&self.namespace))
+                    .and_then(|cm| read_ledger(&cm)),
+            };
+            let (current, _) = period_bounds(budget.period, now);
+            if let Some(l) = ledger.filter(|l| l.period_start >= current) {
+                budgets.push(FleetSpend {
+                    budget: budget.name.clone(),
+                    period_start: l.period_start,
+                    spend: l.total,
+                });
+            }
+        }
+        Ok(UsageAck {
+            seq: report.seq,
+            budgets,
+        })
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .ledger_updates
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Applies `report` to the ledger of `budget` (uid `uid`) and writes it back, retrying on a
+    /// concurrent write; returns the ledger as persisted.
+    async fn persist(
+        &self,
+        uid: &str,
+        budget: &Budget,
+        report: &UsageReport,
+    ) -> Result<BudgetLedger, SpendError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = ledger_name(uid);
+        for _ in 0..CONFLICT_RETRIES {
+            let now = (self.clock)();
+            let (current, _) = period_bounds(budget.period, now);
+            let existing = api
+                .get_opt(&name)
+                .await
+                .inspect_err(|_| self.count("error"))?;
+            let stored = existing.as_ref().and_then(read_ledger);
+            let mut ledger = stored.clone().unwrap_or_else(|| BudgetLedger::new(current));
+            let counted = ledger.apply(&budget.name, report, current, now)
+                == llmesh_api::ledger::Applied::Counted;
+            if !counted {
+                self.count("duplicate");
+                return Ok(ledger);
+            }
+            let crossed = if budget.per_user {
+                Vec::new()
+            } else {
+                ledger.cross_thresholds(cap_of(budget), &budget.alert_thresholds)
+            };
+            ledger.prune_reporters(now);
+            let cm = self.config_map(&name, budget, &ledger, existing.as_ref());
+            let written = match &existing {
+                Some(_) => api.replace(&name, &PostParams::default(), &cm).await,
+                None => api.create(&PostParams::default(), &cm).await,
+            };
+            match written {
+                Ok(_) => {
+                    self.count("counted");
+                    self.alert(uid, budget, &ledger, &crossed).await;
+                    return Ok(ledger);
+                }
+                // 409: another replica wrote it (or created it) in between: read it again.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    self.count("conflict");
+                }
+                Err(e) => {
+                    self.count("error");
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(SpendError::Conflict)
+    }
+
+    fn config_map(
+        &self,
+        name: &str,
+        budget: &Budget,
+        ledger: &BudgetLedger,
+        existing: Option<&ConfigMap>,
+    ) -> ConfigMap {
+        let labels = BTreeMap::from([
+            (LEDGER_LABEL.to_string(), "true".to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "llmesh-operator".to_string(),
+            ),
+        ]);
+        let annotations = BTreeMap::from([
+            (
+                BUDGET_NAMESPACE_ANNOTATION.to_string(),
+                budget.namespace.clone(),
+            ),
+            (BUDGET_NAME_ANNOTATION.to_string(), budget.name.clone()),
+        ]);
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                resource_version: existing.and_then(|c| c.metadata.resource_version.clone()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                LEDGER_KEY.to_string(),
+                serde_json::to_string(ledger).unwrap_or_default(),
+            )])),
+            ..ConfigMap::default()
+        }
+    }
+
+    /// Raises one Event per threshold crossed (on the LLMBudget) and counts it.
+    async fn alert(&self, uid: &str, budget: &Budget, ledger: &BudgetLedger, crossed: &[u32]) {
+        if crossed.is_empty() {
+            return;
+        }
+        let reference = ObjectReference {
+            api_version: Some(API_VERSION.to_string()),
+            kind: Some(LLMBudget::kind(&()).to_string()),
+            namespace: Some(budget.namespace.clone()),
+            name: Some(budget.name.clone()),
+            uid: Some(uid.to_string()),
+            ..ObjectReference::default()
+        };
+        for &threshold in crossed {
+            self.metrics
+                .budget_alerts
+                .with_label_values(&[&threshold.to_string()])
+                .inc();
+            let event = threshold_event(budget, ledger, threshold);
+            let kind = if event.type_ == EventType::Warning {
+                "warning"
+            } else {
+                "normal"
+            };
+            self.metrics.events.with_label_values(&[kind]).inc();
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, budget = %budget.name, "cannot publish the budget threshold Event");
+            }
+            tracing::warn!(
+                budget = %format!("{}/{}", budget.namespace, budget.name),
+                threshold,
+                "the fleet crossed {threshold}% of the budget"
+            );
+        }
+    }
+}
+
+/// The Event for a threshold crossed: Normal below 100%, Warning at or above.
+pub fn threshold_event(budget: &Budget, ledger: &BudgetLedger, threshold: u32) -> Event {
+    let spent = match (budget.limit_usd, budget.limit_tokens) {
+        (Some(l), _) => format!(
+            "${} of ${}",
+            format_usd(ledger.total.micro_usd),
+            format_usd(l)
+        ),
+        (None, Some(t)) => format!("{} of {t} tokens", ledger.total.tokens()),
+        (None, None) => String::new(),
+    };
+    Event {
+        type_: if threshold >= 100 {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: "BudgetThreshold".into(),
+        note: Some(format!(
+            "the pods of namespace {} spent {threshold}% of this budget this period ({spent})",
+            budget.namespace
+        )),
+        action: "CountUsage".into(),
+        secondary: None,
+    }
+}

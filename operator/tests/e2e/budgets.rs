@@ -1,0 +1,363 @@
+//! Fleet budgets on the real control plane: two sidecars report what they spend, the operator
+//! counts it exactly once into the budget's ledger (a ConfigMap in its namespace), writes
+//! `LLMBudget.status` and raises each threshold's Event once; totals survive an operator
+//! restart; a sidecar that stops flushes its last report; and each sidecar counts what the
+//! others spent, so the cap holds for the fleet, not per pod.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use llmesh_api::LLMBudget;
+use llmesh_api::ledger::BudgetLedger;
+
+use crate::harness::{
+    Operator, SYSTEM_NS, Sidecar, apply, env, eventually, http_get, injected_pod_token,
+    output_text, serial, webhook_ready,
+};
+
+/// $1,000 per million tokens: every token costs exactly 1,000 micro-dollars.
+const ROUTE: &str = r#"
+apiVersion: llmesh.io/v1alpha1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  backends:
+    - {name: a, provider: mock, model: m-a, prices: {input: "1000", output: "1000"}}
+"#;
+
+const BUDGET: &str = r#"
+apiVersion: llmesh.io/v1alpha1
+kind: LLMBudget
+metadata: {name: daily}
+spec:
+  period: day
+  limit: {usd: "5.00"}
+  alertThresholds: [1]
+"#;
+
+/// What a sidecar says it spent against `budget` this period (its own, from `/metrics`).
+async fn own_spend(sc: &Sidecar, ns: &str) -> Result<(u64, u64)> {
+    let (code, text) = http_get(&format!("http://127.0.0.1:{}/metrics", sc.port)).await?;
+    if code != 200 {
+        bail!("/metrics {code}");
+    }
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains("budget=\"daily\"")
+                    && l.contains(&format!("namespace=\"{ns}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    Ok((
+        value("llmesh_budget_spent_microdollars"),
+        value("llmesh_budget_spent_tokens"),
+    ))
+}
+
+/// Requests a sidecar answered with 2xx on route `chat` (from `/metrics`).
+async fn requests_ok(sc: &Sidecar) -> Result<u64> {
+    let (_, text) = http_get(&format!("http://127.0.0.1:{}/metrics", sc.port)).await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("llmesh_requests_total{")
+                && l.contains("route=\"chat\"")
+                && l.contains("status_class=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum())
+}
+
+fn usd(micro: u64) -> String {
+    format!("${}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+async fn chats(sc: &Sidecar, n: usize) -> Result<()> {
+    for i in 0..n {
+        let (code, _, body) = sc.chat("chat", &format!("u{i}")).await?;
+        if code != 200 {
+            bail!("chat {code}: {body}");
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the budget's status shows `micro` spent and `tokens` used.
+async fn status_shows(budgets: &Api<LLMBudget>, micro: u64, tokens: u64) -> Result<LLMBudget> {
+    eventually(
+        &format!("status spent {}", usd(micro)),
+        Duration::from_secs(15),
+        || async {
+            let b = budgets.get("daily").await?;
+            let s = b.status.clone().unwrap_or_default();
+            if s.spent.as_deref() != Some(usd(micro).as_str()) || s.spent_tokens != Some(tokens) {
+                bail!("{s:?}");
+            }
+            Ok(b)
+        },
+    )
+    .await
+}
+
+async fn threshold_events(env_ns: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(env().await.cp.client()?, env_ns);
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("BudgetThreshold"))
+        .map(|e| e.note.unwrap_or_default())
+        .collect())
+}
+
+#[tokio::test]
+async fn two_sidecars_spend_against_one_budget_counted_once_across_restarts() -> Result<()> {
+    let _serial = serial().await;
+    let env = env().await;
+    let mut op = Operator::start(env).await?;
+    webhook_ready(env).await?;
+    let ns = env.cp.create_namespace("fleet").await?;
+    for doc in [ROUTE, BUDGET] {
+        let out = apply(env, &ns, doc).await?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let mut sidecars = Vec::new();
+    for pod in ["web-1", "web-2"] {
+        let (_pod, token) = injected_pod_token(env, &ns, pod).await?;
+        let cache = env.dir.join(format!("{ns}-{pod}.json"));
+        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        sc.wait_ready(Duration::from_secs(10)).await?;
+        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
+        sidecars.push(sc);
+    }
+    chats(&sidecars[0], 3).await?;
+    chats(&sidecars[1], 6).await?;
+    let (a, b) = (
+        own_spend(&sidecars[0], &ns).await?,
+        own_spend(&sidecars[1], &ns).await?,
+    );
+    assert!(
+        a.0 > 0 && b.0 > 0,
+        "positive control: both spent: {a:?} {b:?}"
+    );
+    assert_eq!(a.0, a.1 * 1000, "a token costs 1,000 micro-dollars here");
+    let (micro, tokens) = (a.0 + b.0, a.1 + b.1);
+
+    // The status is the sum of what both sidecars spent, written within seconds.
+    let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
+    let t0 = std::time::Instant::now();
+    let b1 = status_shows(&budgets, micro, tokens).await?;
+    eprintln!("last answer -> status.spent exact: {:.1?}", t0.elapsed());
+    let s = b1.status.clone().unwrap_or_default();
+    assert_eq!(
+        s.remaining.as_deref(),
+        Some(usd(5_000_000 - micro).as_str())
+    );
+    let exceeded = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BudgetExceeded")
+        .context("BudgetExceeded condition")?;
+    assert_eq!(exceeded.status, "False", "{exceeded:?}");
+    assert!(
+        s.period_start
+            .as_deref()
+            .is_some_and(|p| p.ends_with("T00:00:00Z")),
+        "{s:?}"
+    );
+
+    // The ledger: one ConfigMap in the operator's namespace, named after the budget's uid,
+    // holding both reporters.
+    let uid = b1.metadata.uid.clone().context("uid")?;
+    let cms: Api<ConfigMap> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
+    let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;
+    let ledger: BudgetLedger = serde_json::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("ledger.json"))
+            .context("ledger.json")?,
+    )?;
+    assert_eq!(ledger.total.micro_usd, micro);
+    assert_eq!(ledger.reporters.len(), 2, "{ledger:?}");
+
+    // 1% was crossed: one Event, not one per report or per sidecar.
+    let events = eventually(
+        "a BudgetThreshold Event",
+        Duration::from_secs(10),
+        || async {
+            let e = threshold_events(&ns).await?;
+            if e.is_empty() {
+                bail!("none yet");
+            }
+            Ok(e)
+        },
+    )
+    .await?;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert!(events[0].contains("1% of this budget"), "{events:?}");
+
+    // An operator restart loses nothing and counts nothing twice: more spend lands on top.
+    op.stop().await;
+    let mut op = Operator::start(env).await?;
+    chats(&sidecars[0], 1).await?;
+    let a2 = own_spend(&sidecars[0], &ns).await?;
+    let (micro, tokens) = (a2.0 + b.0, a2.1 + b.1);
+    status_shows(&budgets, micro, tokens).await?;
+
+    // A sidecar that stops flushes what it spent last, at once rather than at the next tick.
+    chats(&sidecars[1], 1).await?;
+    let b2 = own_spend(&sidecars[1], &ns).await?;
+    sidecars[1].stop().await;
+    let (micro, tokens) = (a2.0 + b2.0, a2.1 + b2.1);
+    status_shows(&budgets, micro, tokens).await?;
+    assert_eq!(threshold_events(&ns).await?.len(), 1, "still one Event");
+
+    // The cap holds for the fleet: lower it to what the fleet spent. Sidecar 1 spent less than
+    // half of that alone, so only the others' spend (from the operator) can make it refuse
+    // while its own spend is still well under the cap.
+    let per_request = a.0 / 4; // its first four requests, all alike
+    assert!(
+        a2.0 + 4 * per_request < micro,
+        "positive control: sidecar 1 alone is far under the new cap"
+    );
+    let patch = serde_json::json!({"spec": {"limit": {"usd": usd(micro).trim_start_matches('$')}}});
+    budgets
+        .patch("daily", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eventually(
+        "sidecar 1 refuses with the fleet's spend",
+        Duration::from_secs(15),
+        || async {
+            let (code, _, body) = sidecars[0].chat("chat", "late").await?;
+            if code != 429 || !body.contains("budget") {
+                bail!("{code}: {body}");
+            }
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| format!("sidecar log:\n{}", sidecars[0].log_text()))?;
+    let own_at_refusal = own_spend(&sidecars[0], &ns).await?.0;
+    assert!(
+        own_at_refusal + 2 * per_request < micro,
+        "refused only once its own spend ({own_at_refusal}) neared the cap ({micro}): the fleet's spend was not counted"
+    );
+    let b3 = eventually("BudgetExceeded", Duration::from_secs(15), || async {
+        let b = budgets.get("daily").await?;
+        let s = b.status.clone().unwrap_or_default();
+        match s.conditions.iter().find(|c| c.type_ == "BudgetExceeded") {
+            Some(c) if c.status == "True" => Ok(b),
+            other => bail!("{other:?}"),
+        }
+    })
+    .await?;
+    let s = b3.status.unwrap_or_default();
+    assert_eq!(s.remaining.as_deref(), Some("$0.000000"), "{s:?}");
+    for sc in &mut sidecars {
+        sc.stop().await;
+    }
+    op.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_micro_dollar()
+-> Result<()> {
+    const SIDECARS: usize = 5;
+    const PER_SIDECAR: usize = 4; // concurrency 20 in all
+    const REQUESTS: usize = 12; // per client
+    let _serial = serial().await;
+    let env = env().await;
+    let mut op = Operator::start(env).await?;
+    webhook_ready(env).await?;
+    let ns = env.cp.create_namespace("fleet-load").await?;
+    let budget = BUDGET.replace(r#"usd: "5.00""#, r#"usd: "1000.00""#);
+    for doc in [ROUTE, budget.as_str()] {
+        let out = apply(env, &ns, doc).await?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let mut sidecars = Vec::new();
+    for i in 0..SIDECARS {
+        let pod = format!("load-{i}");
+        let (_pod, token) = injected_pod_token(env, &ns, &pod).await?;
+        let cache = env.dir.join(format!("{ns}-{pod}.json"));
+        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        sc.wait_ready(Duration::from_secs(10)).await?;
+        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
+        sidecars.push(sc);
+    }
+
+    // 20 clients; a second in, the operator is SIGKILLed, and restarted 3 s later.
+    let load = futures::future::join_all(sidecars.iter().flat_map(|sc| {
+        (0..PER_SIDECAR).map(move |c| async move {
+            let mut ok = 0;
+            for i in 0..REQUESTS {
+                let (code, _, body) = sc.chat("chat", &format!("c{c}-{i}")).await?;
+                anyhow::ensure!(code == 200, "{code}: {body}");
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            anyhow::Ok(ok)
+        })
+    }));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        op.kill().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Operator::start(env).await
+    };
+    let (answered, restarted) = tokio::join!(load, chaos);
+    let mut op = restarted?;
+    let answered: usize = answered.into_iter().sum::<Result<usize>>()?;
+    assert_eq!(
+        answered,
+        SIDECARS * PER_SIDECAR * REQUESTS,
+        "every request answered"
+    );
+    let done = std::time::Instant::now();
+
+    let (mut micro, mut tokens) = (0, 0);
+    for sc in &sidecars {
+        let (m, t) = own_spend(sc, &ns).await?;
+        assert!(m > 0, "positive control: every sidecar spent");
+        micro += m;
+        tokens += t;
+    }
+    let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
+    let b = status_shows(&budgets, micro, tokens).await?;
+    eprintln!(
+        "{SIDECARS} sidecars, {answered} requests, operator killed mid-load: status exact ({}) {:.1?} after the last answer",
+        usd(micro),
+        done.elapsed()
+    );
+    let uid = b.metadata.uid.clone().context("uid")?;
+    let cms: Api<ConfigMap> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
+    let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;
+    let ledger: BudgetLedger = serde_json::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("ledger.json"))
+            .context("ledger.json")?,
+    )?;
+    assert_eq!(ledger.reporters.len(), SIDECARS, "{:?}", ledger.reporters);
+    let mut served = 0;
+    for sc in &sidecars {
+        served += requests_ok(sc).await?;
+    }
+    assert!(served >= answered as u64, "{served} < {answered}");
+    assert_eq!(ledger.total.requests, served, "each request counted once");
+    for sc in &mut sidecars {
+        sc.stop().await;
+    }
+    op.stop().await;
+    Ok(())
+}

@@ -69,6 +69,10 @@ pub struct FleetSpend {
     /// Everything the fleet spent in that period (this sidecar's acknowledged reports included).
     #[serde(flatten)]
     pub spend: Spend,
+    /// The sidecars of the namespace (its injected pods): while the operator is away, each
+    /// spends at most this share of what was left.
+    #[serde(default)]
+    pub sidecars: u32,
 }
 
 /// Spend against one budget in one period (for one user key of a `perUser` budget).

@@ -182,6 +182,7 @@ impl Accountant {
             persisted.insert(name, ledger);
         }
         let now = (self.clock)();
+        let sidecars = self.hub.injected_pods(&id.namespace);
         let mut budgets = Vec::new();
         for (uid, budget) in self.hub.served_budgets(&id.namespace) {
             let ledger = match persisted.remove(&budget.name) {
@@ -197,6 +198,7 @@ impl Accountant {
                     budget: budget.name.clone(),
                     period_start: l.period_start,
                     spend: l.total,
+                    sidecars,
                 });
             }
         }

@@ -46,9 +46,36 @@ struct Ledger {
     total: Tally,
     users: HashMap<String, Tally>,
     alerted: u32,
-    /// What the other sidecars spent in a period, as the operator last said (operator mode):
-    /// (period start, micro-dollars, tokens). Counted only while that period is current.
-    others: (u64, MicroUsd, u64),
+    /// The fleet's spend, as the operator last said (operator mode). Counted only while its
+    /// period is current.
+    fleet: Option<Seen>,
+}
+
+/// What the operator last said about a budget's fleet-wide spend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FleetView {
+    /// Start of the period it is about.
+    pub period_start: u64,
+    /// What the other sidecars had spent, micro-dollars.
+    pub others: MicroUsd,
+    /// What the other sidecars had used, tokens.
+    pub others_tokens: u64,
+    /// Sidecars sharing the budget (the namespace's injected pods).
+    pub sidecars: u32,
+    /// When it was heard (Unix seconds).
+    pub at: u64,
+}
+
+/// How old the fleet view may be before the operator counts as away: then this sidecar spends
+/// only its share (1/`sidecars`) of what was left when it last heard.
+pub const FLEET_STALE_SECS: u64 = 10;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    view: FleetView,
+    /// This sidecar's own spend this period when the view was heard.
+    own: MicroUsd,
+    own_tokens: u64,
 }
 
 /// Spend counted against one budget, kept across config reloads.
@@ -167,15 +194,7 @@ impl BudgetState {
         };
         let tally = match &user {
             Some(u) => l.users.get(u).copied().unwrap_or_default(),
-            None => {
-                let mut t = l.total;
-                let (period, usd, tokens) = l.others;
-                if period == l.period_start {
-                    t.spent = t.spent.saturating_add(usd);
-                    t.tokens = t.tokens.saturating_add(tokens);
-                }
-                t
-            }
+            None => self.fleet_tally(&l, now),
         };
         let (usd_left, tokens_left) = self.remaining(&tally);
         let input_cost = i128::from(cost_of(input_tokens, prices.input));
@@ -317,15 +336,57 @@ impl BudgetState {
         usd.unwrap_or(0).max(tok.unwrap_or(0))
     }
 
-    /// Sets what the other sidecars of the fleet spent in the period starting at
-    /// `period_start` (from the operator's answer to a usage report); admission counts it beside
-    /// this sidecar's own spend while that period is current. Per-user budgets do not use it
-    /// (the fleet's per-user split is not sent back).
-    pub fn set_others(&self, period_start: u64, micro_usd: MicroUsd, tokens: u64) {
+    /// Takes in what the operator said about the fleet (its answer to a usage report, heard at
+    /// `view.at`). Admission counts the others' spend beside this sidecar's own while the view
+    /// is fresh; once it is older than [`FLEET_STALE_SECS`] (the operator away), this sidecar
+    /// spends at most its share of what was left. Per-user budgets do not use it (the fleet's
+    /// per-user split is not sent back).
+    pub fn set_fleet(&self, view: FleetView) {
         let mut l = self.ledger.lock();
-        if period_start >= l.others.0 {
-            l.others = (period_start, micro_usd, tokens);
+        self.roll(&mut l, view.at);
+        if l.fleet
+            .is_some_and(|s| s.view.period_start > view.period_start)
+        {
+            return;
         }
+        let (own, own_tokens) = if view.period_start == l.period_start {
+            (l.total.spent, l.total.tokens)
+        } else {
+            (0, 0)
+        };
+        l.fleet = Some(Seen {
+            view,
+            own,
+            own_tokens,
+        });
+    }
+
+    /// The whole budget's tally as this sidecar counts it at `now`: its own spend, plus the
+    /// others' from a fresh fleet view; with a stale one, as if all but this sidecar's share of
+    /// what was left had been spent.
+    fn fleet_tally(&self, l: &Ledger, now: u64) -> Tally {
+        let mut t = l.total;
+        let Some(seen) = l.fleet.filter(|s| s.view.period_start == l.period_start) else {
+            return t;
+        };
+        let v = seen.view;
+        if now.saturating_sub(v.at) <= FLEET_STALE_SECS {
+            t.spent = t.spent.saturating_add(v.others);
+            t.tokens = t.tokens.saturating_add(v.others_tokens);
+            return t;
+        }
+        let n = u64::from(v.sidecars.max(1));
+        let since_usd = t.spent.saturating_sub(seen.own);
+        let since_tokens = t.tokens.saturating_sub(seen.own_tokens);
+        if let Some(cap) = self.spec.limit_usd {
+            let share = cap.saturating_sub(seen.own.saturating_add(v.others)) / n;
+            t.spent = cap.saturating_sub(share).saturating_add(since_usd);
+        }
+        if let Some(cap) = self.spec.limit_tokens {
+            let share = cap.saturating_sub(seen.own_tokens.saturating_add(v.others_tokens)) / n;
+            t.tokens = cap.saturating_sub(share).saturating_add(since_tokens);
+        }
+        t
     }
 
     /// (spent micro-dollars, spent tokens, period start) this period, by this sidecar.

@@ -473,7 +473,8 @@ impl UsageSender {
                 .runtime()
                 .map(|rt| rt.budgets.clone())
                 .unwrap_or_default();
-            self.usage.acknowledged(&ack, &budgets);
+            self.usage
+                .acknowledged(&ack, &budgets, app.clock.unix_now());
         });
         let was_failing = self
             .failing

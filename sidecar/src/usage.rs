@@ -12,7 +12,7 @@ use llmesh_api::period::period_bounds;
 use llmesh_api::snapshot::Budget;
 use parking_lot::Mutex;
 
-use crate::budget::BudgetState;
+use crate::budget::{BudgetState, FleetView};
 
 /// A sidecar process's usage reports.
 #[derive(Debug)]
@@ -70,10 +70,10 @@ impl UsageReports {
         self.outbox.lock().is_empty()
     }
 
-    /// Takes in the operator's answer: the report it acknowledges is done, and each budget's
-    /// fleet total, less what this process reported, is what the other sidecars spent. Returns
-    /// whether `ack` acknowledged the report in flight.
-    pub fn acknowledged(&self, ack: &UsageAck, budgets: &[Arc<BudgetState>]) -> bool {
+    /// Takes in the operator's answer, heard at `now`: the report it acknowledges is done, and
+    /// each budget's fleet total, less what this process reported, is what the other sidecars
+    /// spent. Returns whether `ack` acknowledged the report in flight.
+    pub fn acknowledged(&self, ack: &UsageAck, budgets: &[Arc<BudgetState>], now: u64) -> bool {
         let report = self.outbox.lock().acked(ack.seq);
         let mut acked = self.acked.lock();
         for e in report.iter().flat_map(|r| &r.entries) {
@@ -95,7 +95,13 @@ impl UsageReports {
             let others_usd = fleet.spend.micro_usd.saturating_sub(own.micro_usd);
             let others_tokens = fleet.spend.tokens().saturating_sub(own.tokens());
             for b in budgets.iter().filter(|b| b.spec.name == fleet.budget) {
-                b.set_others(fleet.period_start, others_usd, others_tokens);
+                b.set_fleet(FleetView {
+                    period_start: fleet.period_start,
+                    others: others_usd,
+                    others_tokens,
+                    sidecars: fleet.sidecars,
+                    at: now,
+                });
             }
         }
         report.is_some()

@@ -361,3 +361,74 @@ async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_mi
     op.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn with_the_operator_away_each_sidecar_spends_only_its_share_of_what_was_left() -> Result<()>
+{
+    let _serial = serial().await;
+    let env = env().await;
+    let mut op = Operator::start(env).await?;
+    webhook_ready(env).await?;
+    let ns = env.cp.create_namespace("fleet-away").await?;
+    let budget = BUDGET.replace(r#"usd: "5.00""#, r#"usd: "1.00""#);
+    for doc in [ROUTE, budget.as_str()] {
+        let out = apply(env, &ns, doc).await?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let mut sidecars = Vec::new();
+    for pod in ["away-1", "away-2"] {
+        let (_pod, token) = injected_pod_token(env, &ns, pod).await?;
+        let cache = env.dir.join(format!("{ns}-{pod}.json"));
+        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        sc.wait_ready(Duration::from_secs(10)).await?;
+        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
+        sidecars.push(sc);
+    }
+    chats(&sidecars[1], 3).await?;
+    let mut spent = 0;
+    for sc in &sidecars {
+        spent += own_spend(sc, &ns).await?.0;
+    }
+    let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
+    let tokens = {
+        let mut t = 0;
+        for sc in &sidecars {
+            t += own_spend(sc, &ns).await?.1;
+        }
+        t
+    };
+    status_shows(&budgets, spent, tokens).await?;
+    // Both have heard the fleet's total (reports every second, queries every 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    op.stop().await;
+    // Past the 10 s a fleet view stays fresh: sidecar 1 may spend half of what was left.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = own_spend(&sidecars[0], &ns).await?.0;
+    let per_request = before; // its one wait_backend request
+    let share = (1_000_000 - spent) / 2;
+    let mut answered = 0;
+    loop {
+        let (code, _, body) = sidecars[0].chat("chat", "away").await?;
+        if code == 429 {
+            assert!(body.contains("budget"), "{body}");
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        answered += 1;
+        assert!(answered < 200, "never refused: the share is not enforced");
+    }
+    let used = own_spend(&sidecars[0], &ns).await?.0 - before;
+    eprintln!(
+        "operator away: sidecar 1 spent {} of its share {} ({answered} requests) before refusing",
+        usd(used),
+        usd(share)
+    );
+    assert!(
+        used <= share + per_request && used + 2 * per_request >= share,
+        "spent {used} with a share of {share} (a request costs about {per_request})"
+    );
+    for sc in &mut sidecars {
+        sc.stop().await;
+    }
+    Ok(())
+}

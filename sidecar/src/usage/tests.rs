@@ -66,13 +66,14 @@ fn spend_is_reported_per_budget_period_and_user_and_resent_until_acknowledged() 
         seq: 2,
         budgets: vec![],
     };
-    assert!(!u.acknowledged(&wrong, &[]));
+    assert!(!u.acknowledged(&wrong, &[], T));
     assert!(u.acknowledged(
         &UsageAck {
             seq: 1,
             budgets: vec![]
         },
-        &[]
+        &[],
+        T
     ));
     let next = u.to_send().unwrap();
     assert_eq!(next.seq, 2);
@@ -83,7 +84,8 @@ fn spend_is_reported_per_budget_period_and_user_and_resent_until_acknowledged() 
             seq: 2,
             budgets: vec![]
         },
-        &[]
+        &[],
+        T
     ));
     assert!(u.is_empty());
 }
@@ -104,9 +106,10 @@ fn the_fleet_total_less_own_acknowledged_spend_counts_at_admission() {
             budget: "daily".into(),
             period_start: DAY,
             spend: spend(9_500_000),
+            sidecars: 3,
         }],
     };
-    assert!(u.acknowledged(&ack, std::slice::from_ref(&state)));
+    assert!(u.acknowledged(&ack, std::slice::from_ref(&state), T));
     // 400k input tokens cost $0.40: allowed, clamped to what $0.10 buys at $2/M output.
     let (a, _) = state.admit(None, 400_000, Some(1_000_000), None, &prices(), T + 1);
     assert_eq!(
@@ -121,4 +124,43 @@ fn the_fleet_total_less_own_acknowledged_spend_counts_at_admission() {
     // Next day the others' spend of yesterday no longer counts.
     let (a, _) = state.admit(None, 600_000, None, None, &prices(), DAY + 86_400 + 5);
     assert!(matches!(a, Admission::Allow { .. }), "{a:?}");
+}
+
+#[test]
+fn with_the_operator_away_a_sidecar_spends_only_its_share_of_what_was_left() {
+    let state = Arc::new(BudgetState::new(budget(false), None));
+    let u = UsageReports::new("n1");
+    u.record(&budget(false), T, None, spend(1_000_000));
+    let seq = u.to_send().unwrap().seq;
+    let r = state.admit(None, 0, Some(1), None, &prices(), T).1.unwrap();
+    state.settle(r, 1_000_000, 150, T);
+    // The fleet spent $5 of $10 (this sidecar $1 of it); four sidecars share the $5 left.
+    let ack = UsageAck {
+        seq,
+        budgets: vec![FleetSpend {
+            budget: "daily".into(),
+            period_start: DAY,
+            spend: spend(5_000_000),
+            sidecars: 4,
+        }],
+    };
+    assert!(u.acknowledged(&ack, std::slice::from_ref(&state), T));
+    // Fresh: the whole $5 left may go to one request ($4 of input allowed, no clamp needed
+    // below what $1 buys).
+    let (a, r) = state.admit(None, 4_000_000, Some(100), None, &prices(), T + 5);
+    assert_eq!(a, Admission::Allow { max_tokens: None });
+    state.settle(r.unwrap(), 0, 0, T + 5);
+    // Ten seconds on the operator is away: only this sidecar's share, $1.25, is left. $1 of
+    // input leaves $0.25: 125,000 output tokens at $2/M.
+    let (a, r) = state.admit(None, 1_000_000, Some(1_000_000), None, &prices(), T + 11);
+    assert_eq!(
+        a,
+        Admission::Allow {
+            max_tokens: Some(125_000)
+        }
+    );
+    state.settle(r.unwrap(), 1_200_000, 1_100_000, T + 11);
+    // $1.20 of the share is spent: $0.10 of input is more than the $0.05 left.
+    let (a, _) = state.admit(None, 100_000, None, None, &prices(), T + 12);
+    assert!(matches!(a, Admission::Reject { .. }), "{a:?}");
 }

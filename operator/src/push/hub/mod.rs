@@ -312,6 +312,18 @@ impl Hub {
         Some((entry.uid.clone(), entry.served()?.clone()))
     }
 
+    /// Injected pods in namespace `ns` (the sidecars that share its budgets).
+    pub fn injected_pods(&self, ns: &str) -> u32 {
+        let n = self
+            .stores
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// The enforced budgets of namespace `ns`, with their objects' uids.
     pub fn served_budgets(&self, ns: &str) -> Vec<(String, Arc<Budget>)> {
         let st = self.state.lock();

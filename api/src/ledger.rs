@@ -52,10 +52,24 @@ pub struct UsageReport {
 pub struct UsageAck {
     /// The `seq` of the report persisted (counted now or before).
     pub seq: u64,
-    /// The fleet's spend this period for each budget the report named that the operator knows:
-    /// what the sidecar counts as spent by the other sidecars.
+    /// The fleet's spend this period for each budget of the sidecar's namespace: what the
+    /// sidecar counts as spent by the other sidecars.
     #[serde(default)]
     pub budgets: Vec<FleetSpend>,
+    /// For each route of the namespace with `requestsPerMinute` or `tokensPerMinute`: how many
+    /// sidecars share those limits (each takes its share).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteShare>,
+}
+
+/// How many sidecars share one route's rate limits.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteShare {
+    /// The `LLMRoute`'s name.
+    pub route: String,
+    /// The injected pods the route selects (at least 1).
+    pub sidecars: u32,
 }
 
 /// One budget's fleet-wide spend in one period, as persisted.

@@ -639,11 +639,13 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_input_tokens: Option<u32>,
-    /// Requests per minute through this sidecar.
+    /// Requests per minute for the route. In a cluster the limit is the fleet's: the sidecars
+    /// of the pods the route selects each take an equal share. Standalone: this sidecar's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub requests_per_minute: Option<u32>,
-    /// Tokens (prompt + completion) per minute through this sidecar.
+    /// Tokens (prompt + completion) per minute for the route, shared like
+    /// `requestsPerMinute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<u64>,

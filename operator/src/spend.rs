@@ -205,6 +205,7 @@ impl Accountant {
         Ok(UsageAck {
             seq: report.seq,
             budgets,
+            routes: self.hub.route_shares(&id.namespace),
         })
     }
 

@@ -25,13 +25,14 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use llmesh_api::ledger::{UsageAck, UsageReport};
+use llmesh_api::ledger::{RouteShare, UsageAck, UsageReport};
 use llmesh_api::protocol::{
     self, CLIENT_TIMEOUT, DELTA_BASE_HEADER, ErrorBody, USAGE_PATH, snapshot_query,
 };
 use llmesh_api::{Snapshot, SnapshotDelta};
 
 use crate::app::App;
+use crate::runtime::Runtime;
 use crate::usage::UsageReports;
 
 /// Largest snapshot accepted (a namespace with hundreds of routes stays far below).
@@ -407,7 +408,8 @@ fn serve(
 /// How often spend is reported while requests settle.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a sidecar with nothing to report asks for the fleet's totals (while its config has
-/// budgets): with [`REPORT_INTERVAL`], how stale its view of the other sidecars' spend may be.
+/// budgets or per-minute limits): with [`REPORT_INTERVAL`], how stale its view of the other
+/// sidecars' spend may be.
 pub const FLEET_REFRESH: Duration = Duration::from_secs(2);
 /// How long one report may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -436,14 +438,14 @@ impl UsageSender {
     }
 
     /// Reports forever; with nothing to report, asks for the fleet's totals every
-    /// [`FLEET_REFRESH`] while the config has budgets.
+    /// [`FLEET_REFRESH`] while the config has budgets or per-minute limits.
     pub async fn run(self: Arc<Self>, app: Arc<App>) {
         let mut idle = Duration::ZERO;
         loop {
             tokio::time::sleep(REPORT_INTERVAL).await;
             idle += REPORT_INTERVAL;
-            let has_budgets = app.runtime().is_some_and(|rt| !rt.budgets.is_empty());
-            let due = self.usage.to_send().is_some() || (has_budgets && idle >= FLEET_REFRESH);
+            let shared = app.runtime().is_some_and(|rt| rt.shares_with_fleet());
+            let due = self.usage.to_send().is_some() || (shared && idle >= FLEET_REFRESH);
             if due && self.send(&app).await.is_ok() {
                 idle = Duration::ZERO;
             }
@@ -469,12 +471,13 @@ impl UsageSender {
     async fn send(&self, app: &App) -> Result<(), String> {
         let report = self.usage.to_send().unwrap_or_else(|| self.usage.query());
         let result = self.post(&report).await.map(|ack| {
-            let budgets = app
-                .runtime()
-                .map(|rt| rt.budgets.clone())
-                .unwrap_or_default();
+            let rt = app.runtime();
+            let budgets = rt.as_ref().map(|rt| rt.budgets.clone()).unwrap_or_default();
             self.usage
                 .acknowledged(&ack, &budgets, app.clock.unix_now());
+            if let Some(rt) = &rt {
+                share_limits(rt, &ack.routes, tokio::time::Instant::now());
+            }
         });
         let was_failing = self
             .failing
@@ -524,6 +527,18 @@ impl UsageSender {
         tokio::time::timeout(REPORT_TIMEOUT, exchange)
             .await
             .map_err(|_| "no answer in time".to_string())?
+    }
+}
+
+/// Takes this sidecar's share of each route's per-minute limits, as the operator counts the
+/// sidecars that share them.
+pub fn share_limits(rt: &Runtime, shares: &[RouteShare], now: tokio::time::Instant) {
+    for share in shares {
+        for route in rt.routes.iter().filter(|r| r.spec.name == share.route) {
+            for bucket in [&route.rpm, &route.tpm].into_iter().flatten() {
+                bucket.share(share.sidecars, now);
+            }
+        }
     }
 }
 

@@ -12,39 +12,54 @@ const MILLI: i64 = 1_000;
 struct State {
     level: i64,
     last: Instant,
+    /// This sidecar's part of the limit, in thousandths (the limit divided by the sharers).
+    capacity: i64,
 }
 
-/// A bucket holding up to `per_minute` units that refills continuously over a minute.
+/// A bucket holding up to `per_minute` units that refills continuously over a minute. In a
+/// fleet the limit is shared: with [`Bucket::share`] set to `n`, this sidecar's bucket holds and
+/// refills `per_minute / n`.
 #[derive(Debug)]
 pub struct Bucket {
-    capacity: i64,
+    /// The whole limit, in thousandths.
+    limit: i64,
     state: Mutex<State>,
 }
 
 impl Bucket {
     /// A full bucket of `per_minute` units at `now`.
     pub fn new(per_minute: u64, now: Instant) -> Self {
-        let capacity = (per_minute.min(i64::MAX as u64 / 2 / MILLI as u64) as i64) * MILLI;
+        let limit = (per_minute.min(i64::MAX as u64 / 2 / MILLI as u64) as i64) * MILLI;
         Self {
-            capacity,
+            limit,
             state: Mutex::new(State {
-                level: capacity,
+                level: limit,
                 last: now,
+                capacity: limit,
             }),
         }
     }
 
-    /// Units per minute.
+    /// Units per minute (the whole limit, before any share).
     pub fn per_minute(&self) -> u64 {
-        (self.capacity / MILLI) as u64
+        (self.limit / MILLI) as u64
+    }
+
+    /// Shares the limit among `sidecars` (at least 1): from `now` this bucket holds and refills
+    /// its part only, and holds no more than that part at once.
+    pub fn share(&self, sidecars: u32, now: Instant) {
+        let mut s = self.state.lock();
+        self.refill(&mut s, now);
+        s.capacity = self.limit / i64::from(sidecars.max(1));
+        s.level = s.level.min(s.capacity);
     }
 
     fn refill(&self, s: &mut State, now: Instant) {
         let elapsed = now.saturating_duration_since(s.last);
         // capacity per minute -> milli-units per elapsed time.
-        let add = (elapsed.as_micros() as i128 * self.capacity as i128 / 60_000_000) as i64;
+        let add = (elapsed.as_micros() as i128 * s.capacity as i128 / 60_000_000) as i64;
         if add > 0 {
-            s.level = (s.level + add).min(self.capacity);
+            s.level = (s.level + add).min(s.capacity);
             s.last = now;
         }
     }
@@ -53,12 +68,12 @@ impl Bucket {
     pub fn try_take(&self, n: u64, now: Instant) -> Result<(), Duration> {
         let mut s = self.state.lock();
         self.refill(&mut s, now);
-        let need = (n as i64).saturating_mul(MILLI).min(self.capacity);
+        let need = (n as i64).saturating_mul(MILLI).min(s.capacity);
         if s.level >= need {
             s.level -= (n as i64).saturating_mul(MILLI);
             Ok(())
         } else {
-            Err(self.wait_for(need - s.level))
+            Err(Self::wait_for(s.capacity, need - s.level))
         }
     }
 
@@ -67,14 +82,14 @@ impl Bucket {
     pub fn adjust(&self, delta: i64, now: Instant) {
         let mut s = self.state.lock();
         self.refill(&mut s, now);
-        s.level = (s.level - delta.saturating_mul(MILLI)).min(self.capacity);
+        s.level = (s.level - delta.saturating_mul(MILLI)).min(s.capacity);
     }
 
-    fn wait_for(&self, missing_milli: i64) -> Duration {
-        if self.capacity == 0 {
+    fn wait_for(capacity: i64, missing_milli: i64) -> Duration {
+        if capacity == 0 {
             return Duration::from_secs(60);
         }
-        let (num, den) = (missing_milli as i128 * 60_000_000, self.capacity as i128);
+        let (num, den) = (missing_milli as i128 * 60_000_000, capacity as i128);
         let micros = (num + den - 1) / den;
         Duration::from_micros(micros as u64)
     }
@@ -103,6 +118,31 @@ mod tests {
             b.try_take(1, later).unwrap();
         }
         assert!(b.try_take(1, later).is_err());
+    }
+
+    #[test]
+    fn a_shared_limit_holds_and_refills_only_this_sidecars_part() {
+        let t0 = Instant::now();
+        let b = Bucket::new(120, t0); // two per second, for the fleet
+        b.try_take(10, t0).unwrap();
+        // Four sidecars share it: this one holds at most 30 and refills one every two seconds.
+        b.share(4, t0);
+        assert_eq!(b.per_minute(), 120);
+        for _ in 0..30 {
+            b.try_take(1, t0).unwrap();
+        }
+        assert_eq!(b.try_take(1, t0), Err(Duration::from_secs(2)));
+        b.try_take(1, t0 + Duration::from_secs(2)).unwrap();
+        // Alone again: the whole limit refills.
+        b.share(1, t0 + Duration::from_secs(2));
+        let later = t0 + Duration::from_secs(62);
+        for _ in 0..120 {
+            b.try_take(1, later).unwrap();
+        }
+        assert!(b.try_take(1, later).is_err());
+        // A share of 0 sidecars counts as one.
+        b.share(0, later);
+        assert!(b.try_take(1, later + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

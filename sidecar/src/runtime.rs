@@ -158,6 +158,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Whether anything here is shared with the other sidecars (budgets, per-minute limits):
+    /// then the operator's view of the fleet is worth asking for.
+    pub fn shares_with_fleet(&self) -> bool {
+        !self.budgets.is_empty()
+            || self
+                .routes
+                .iter()
+                .any(|r| r.rpm.is_some() || r.tpm.is_some())
+    }
+
     /// Resolves the model a client asked for.
     pub fn resolve(&self, model: &str) -> Option<Target> {
         if let Some(&route) = self.models.get(model) {

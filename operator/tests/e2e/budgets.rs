@@ -432,3 +432,52 @@ async fn with_the_operator_away_each_sidecar_spends_only_its_share_of_what_was_l
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_route_requests_per_minute_holds_across_four_sidecars() -> Result<()> {
+    const LIMIT: usize = 20;
+    let _serial = serial().await;
+    let env = env().await;
+    let mut op = Operator::start(env).await?;
+    webhook_ready(env).await?;
+    let ns = env.cp.create_namespace("fleet-rpm").await?;
+    let route = format!("{ROUTE}  limits: {{requestsPerMinute: {LIMIT}}}\n");
+    let out = apply(env, &ns, &route).await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut sidecars = Vec::new();
+    for i in 0..4 {
+        let pod = format!("rpm-{i}");
+        let (_pod, token) = injected_pod_token(env, &ns, &pod).await?;
+        let cache = env.dir.join(format!("{ns}-{pod}.json"));
+        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        sc.wait_ready(Duration::from_secs(10)).await?;
+        sidecars.push(sc);
+    }
+    // Each asks for the fleet's view within 2 s (a query: no budget here, nothing spent).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A burst of the whole limit at every sidecar: 80 requests.
+    let mut admitted = 0;
+    let mut refused = 0;
+    for sc in &sidecars {
+        for i in 0..LIMIT {
+            let (code, _, body) = sc.chat("chat", &format!("b{i}")).await?;
+            match code {
+                200 => admitted += 1,
+                429 => refused += 1,
+                _ => bail!("{code}: {body}"),
+            }
+        }
+    }
+    eprintln!("requestsPerMinute {LIMIT} across 4 sidecars: a burst of 80 admitted {admitted}");
+    // Each holds a quarter of the limit (5), plus what refills during the burst.
+    assert!(
+        (LIMIT - 2..=LIMIT + 2).contains(&admitted),
+        "admitted {admitted} of 80 with a fleet limit of {LIMIT}"
+    );
+    assert_eq!(admitted + refused, 4 * LIMIT);
+    for sc in &mut sidecars {
+        sc.stop().await;
+    }
+    op.stop().await;
+    Ok(())
+}

@@ -65,12 +65,14 @@ fn spend_is_reported_per_budget_period_and_user_and_resent_until_acknowledged() 
     let wrong = UsageAck {
         seq: 2,
         budgets: vec![],
+        routes: vec![],
     };
     assert!(!u.acknowledged(&wrong, &[], T));
     assert!(u.acknowledged(
         &UsageAck {
             seq: 1,
-            budgets: vec![]
+            budgets: vec![],
+            routes: vec![]
         },
         &[],
         T
@@ -82,7 +84,8 @@ fn spend_is_reported_per_budget_period_and_user_and_resent_until_acknowledged() 
     assert!(u.acknowledged(
         &UsageAck {
             seq: 2,
-            budgets: vec![]
+            budgets: vec![],
+            routes: vec![]
         },
         &[],
         T
@@ -108,6 +111,7 @@ fn the_fleet_total_less_own_acknowledged_spend_counts_at_admission() {
             spend: spend(9_500_000),
             sidecars: 3,
         }],
+        routes: vec![],
     };
     assert!(u.acknowledged(&ack, std::slice::from_ref(&state), T));
     // 400k input tokens cost $0.40: allowed, clamped to what $0.10 buys at $2/M output.
@@ -143,6 +147,7 @@ fn with_the_operator_away_a_sidecar_spends_only_its_share_of_what_was_left() {
             spend: spend(5_000_000),
             sidecars: 4,
         }],
+        routes: vec![],
     };
     assert!(u.acknowledged(&ack, std::slice::from_ref(&state), T));
     // Fresh: the whole $5 left may go to one request ($4 of input allowed, no clamp needed

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kube::runtime::reflector::ObjectRef;
+use llmesh_api::ledger::RouteShare;
+use llmesh_api::route::LabelSelector;
 use llmesh_api::snapshot::{Budget, Route};
 use llmesh_api::{LLMBudget, LLMRoute, SnapshotDelta};
 use parking_lot::Mutex;
@@ -322,6 +324,48 @@ impl Hub {
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// For each served route of namespace `ns` with a requests- or tokens-per-minute limit, how
+    /// many injected pods it selects: the sidecars that share the limit.
+    pub fn route_shares(&self, ns: &str) -> Vec<RouteShare> {
+        let limited: Vec<(String, Option<LabelSelector>)> = {
+            let st = self.state.lock();
+            st.routes
+                .range((ns.to_string(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .filter_map(|((_, name), e)| {
+                    let r = e.served()?;
+                    let l = &r.limits;
+                    (l.requests_per_minute.is_some() || l.tokens_per_minute.is_some())
+                        .then(|| (name.clone(), e.selector.clone()))
+                })
+                .collect()
+        };
+        if limited.is_empty() {
+            return Vec::new();
+        }
+        let pods = self.stores.pods.state();
+        let empty = std::collections::BTreeMap::new();
+        limited
+            .into_iter()
+            .map(|(route, selector)| {
+                let n = pods
+                    .iter()
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+                    .filter(|p| {
+                        crate::selector::matches(
+                            selector.as_ref(),
+                            p.metadata.labels.as_ref().unwrap_or(&empty),
+                        )
+                    })
+                    .count();
+                RouteShare {
+                    route,
+                    sidecars: u32::try_from(n.max(1)).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
     }
 
     /// The enforced budgets of namespace `ns`, with their objects' uids.

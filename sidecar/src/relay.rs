@@ -97,11 +97,11 @@ impl Relay {
         if let Some(t) = &self.ticket
             && let Some(b) = t.backend_state()
         {
-            let labels = &b.labels;
+            let l = &b.labels;
             t.ledger
                 .metrics
                 .stream_errors
-                .with_label_values(&[&labels[0], &labels[1], reason])
+                .with_label_values(&[&l.route, &l.backend, reason])
                 .inc();
         }
     }

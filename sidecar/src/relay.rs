@@ -45,12 +45,7 @@ pub struct Relay {
 
 /// The key of the backend a ticket's stream comes from.
 fn backend_key(ticket: Option<&Ticket>) -> Option<&str> {
-    ticket?
-        .backend_state()?
-        .spec
-        .api_key
-        .as_ref()
-        .map(|k| k.expose())
+    crate::providers::key(&ticket?.backend_state()?.spec)
 }
 
 /// A chunk as the client may see it: one that carries the backend's key has it redacted.

@@ -14,7 +14,7 @@ use crate::budget::{BudgetState, Clock, Reservation};
 use crate::cache::Status as CacheStatus;
 use crate::internal::{Op, Usage};
 use crate::limits::Buffers;
-use crate::metrics::{Metrics, Sink};
+use crate::metrics::{BackendLabels, Metrics, Sink};
 use crate::runtime::{BackendState, InFlight, Runtime};
 use crate::usage::UsageReports;
 use llmesh_api::ledger::Spend;
@@ -156,24 +156,31 @@ impl Ticket {
     /// as its own variant, else labels looked up (the assigned variant, or `none`). Every value
     /// comes from the config: the model a client named is never a label.
     fn sink<'a>(&'a self, rt: Option<&'a Runtime>) -> Sink<'a> {
-        const NONE: &str = "none";
         match (rt, self.route, self.backend) {
             (Some(rt), Some(r), Some(b)) => {
                 let b = &rt.routes[r].backends[b];
                 let l = &b.labels;
                 match &self.variant {
-                    Some(v) if *v != l[4] => {
-                        Sink::labels_of([&l[0], &l[1], &l[2], &l[3], v, &l[5], &l[6]], self.op)
-                    }
+                    Some(v) if *v != l.variant => Sink::labels_of(
+                        BackendLabels {
+                            variant: v,
+                            ..l.as_str()
+                        },
+                        self.op,
+                    ),
                     _ => Sink::cached(&b.metrics, l, self.op),
                 }
             }
             (Some(rt), Some(r), None) => {
                 let spec = &rt.routes[r].spec;
-                let l = [&spec.name, NONE, NONE, NONE, NONE, &spec.model, NONE];
+                let l = BackendLabels {
+                    route: spec.name.as_str(),
+                    route_model: spec.model.as_str(),
+                    ..BackendLabels::NONE
+                };
                 Sink::labels_of(l, self.op)
             }
-            _ => Sink::labels_of([NONE; 7], self.op),
+            _ => Sink::labels_of(BackendLabels::NONE, self.op),
         }
     }
 
@@ -259,7 +266,9 @@ impl Ticket {
         }
 
         let labels = sink.labels();
-        let pick = |i: usize| if labels[i] == "none" { "" } else { labels[i] };
+        fn pick(v: &str) -> &str {
+            if v == "none" { "" } else { v }
+        }
         let u = usage.unwrap_or_default();
         let mut cost_buf = [0u8; 24];
         ledger.log.write(&Line {
@@ -269,10 +278,10 @@ impl Ticket {
             op: this.op.as_str(),
             path: &this.path,
             model: &this.model,
-            route: pick(0),
-            backend: pick(1),
-            provider: pick(2),
-            variant: pick(4),
+            route: pick(labels.route),
+            backend: pick(labels.backend),
+            provider: pick(labels.provider),
+            variant: pick(labels.variant),
             rule: this.rule.as_deref().unwrap_or(""),
             status,
             attempts: this.attempts,

@@ -281,7 +281,7 @@ impl App {
         for r in &rt.routes {
             for b in &r.backends {
                 let state = b.breaker.state(now);
-                let l = [b.labels[0].as_str(), b.labels[1].as_str()];
+                let l = [b.labels.route.as_str(), b.labels.backend.as_str()];
                 self.metrics
                     .circuit_state
                     .with_label_values(&l)

@@ -253,6 +253,32 @@ impl ApiError {
         r
     }
 
+    /// The whole HTTP/1.1 answer in `format` as bytes, for a connection refused before hyper
+    /// takes it: the status line, the headers of [`ApiError::response`] with
+    /// `connection: close`, and the body.
+    pub fn raw_response(&self, format: ErrorFormat) -> Vec<u8> {
+        use std::fmt::Write as _;
+        let body = self.body(format);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n",
+            self.status.as_str(),
+            self.status.canonical_reason().unwrap_or(""),
+        );
+        if let Some(v) = self.retry_after_header()
+            && let Ok(v) = v.to_str()
+        {
+            let _ = write!(head, "retry-after: {v}\r\n");
+        }
+        let _ = write!(
+            head,
+            "connection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
     /// The `retry-after` header value, whole seconds rounded up.
     pub fn retry_after_header(&self) -> Option<HeaderValue> {
         self.retry_after.map(|d| {
@@ -354,6 +380,22 @@ mod tests {
         assert_eq!(v["error"]["type"], "overloaded_error");
         let r = ApiError::not_found("nothing").response(ErrorFormat::OpenAi);
         assert!(r.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn raw_response_is_the_same_answer_on_a_closing_connection() {
+        let e = ApiError::overloaded("busy");
+        let raw = e.raw_response(ErrorFormat::OpenAi);
+        let body = e.body(ErrorFormat::OpenAi);
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        assert_eq!(raw, [head.as_bytes(), &body[..]].concat());
+        let raw = ApiError::not_found("nothing").raw_response(ErrorFormat::OpenAi);
+        let raw = String::from_utf8(raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 404 Not Found\r\n"), "{raw}");
+        assert!(!raw.contains("retry-after"), "{raw}");
     }
 
     #[test]

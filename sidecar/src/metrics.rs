@@ -24,10 +24,66 @@ pub const BACKEND_LABELS: [&str; 7] = [
     "gen_ai_operation_name",
 ];
 
-/// Label values of a backend: route, backend, provider (llmesh's name), the backend's model
-/// (the response model), variant, the route's model (the request model: what clients ask for),
-/// provider (OpenTelemetry's name). All config.
-pub type BackendLabels<'a> = [&'a str; 7];
+/// Label values of a backend, all from the config: owned (`String`) in a backend's live state,
+/// borrowed (`&str`) where a request's metrics are recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendLabels<S = String> {
+    /// The route's name.
+    pub route: S,
+    /// The backend's name.
+    pub backend: S,
+    /// The provider, llmesh's name (the access log's `provider`).
+    pub provider: S,
+    /// The backend's model: `gen_ai_response_model`.
+    pub model: S,
+    /// The backend's A/B variant.
+    pub variant: S,
+    /// The route's model, what clients ask for: `gen_ai_request_model`.
+    pub route_model: S,
+    /// The provider, OpenTelemetry's name where it has one: `gen_ai_provider_name`.
+    pub gen_ai_provider: S,
+}
+
+impl BackendLabels {
+    /// The same values, borrowed.
+    pub fn as_str(&self) -> BackendLabels<&str> {
+        BackendLabels {
+            route: &self.route,
+            backend: &self.backend,
+            provider: &self.provider,
+            model: &self.model,
+            variant: &self.variant,
+            route_model: &self.route_model,
+            gen_ai_provider: &self.gen_ai_provider,
+        }
+    }
+}
+
+impl<'a> BackendLabels<&'a str> {
+    /// Every value `none`: a request refused before any route.
+    pub const NONE: Self = Self {
+        route: "none",
+        backend: "none",
+        provider: "none",
+        model: "none",
+        variant: "none",
+        route_model: "none",
+        gen_ai_provider: "none",
+    };
+
+    /// Values for [`BACKEND_LABELS`], in their order, with the operation `op`.
+    pub fn values(&self, op: Op) -> [&'a str; 7] {
+        [
+            self.route,
+            self.backend,
+            self.gen_ai_provider,
+            self.model,
+            self.variant,
+            self.route_model,
+            op.as_str(),
+        ]
+    }
+}
 
 /// `gen_ai_provider_name`: OpenTelemetry's well-known value where there is one, else llmesh's
 /// name.
@@ -488,24 +544,22 @@ pub struct BackendMetrics {
 /// failure with an error type).
 pub struct Sink<'a> {
     cached: Option<&'a BackendMetrics>,
-    labels: BackendLabels<'a>,
+    labels: BackendLabels<&'a str>,
     op: Op,
 }
 
 impl<'a> Sink<'a> {
     /// The answering backend's cached handles, labelled with its own values.
-    pub fn cached(h: &'a BackendMetrics, labels: &'a [String; 7], op: Op) -> Self {
+    pub fn cached(h: &'a BackendMetrics, labels: &'a BackendLabels, op: Op) -> Self {
         Self {
             cached: Some(h),
-            labels: [
-                &labels[0], &labels[1], &labels[2], &labels[3], &labels[4], &labels[5], &labels[6],
-            ],
+            labels: labels.as_str(),
             op,
         }
     }
 
     /// Labels looked up per call.
-    pub fn labels_of(labels: BackendLabels<'a>, op: Op) -> Self {
+    pub fn labels_of(labels: BackendLabels<&'a str>, op: Op) -> Self {
         Self {
             cached: None,
             labels,
@@ -513,24 +567,31 @@ impl<'a> Sink<'a> {
         }
     }
 
-    /// The label values: route, backend, provider, model, variant, request model, OpenTelemetry's
-    /// provider name.
-    pub fn labels(&self) -> BackendLabels<'a> {
+    /// The label values.
+    pub fn labels(&self) -> BackendLabels<&'a str> {
         self.labels
     }
 
     /// Values for [`BACKEND_LABELS`].
     fn base(&self) -> [&'a str; 7] {
-        let l = &self.labels;
-        [l[0], l[1], l[6], l[3], l[4], l[5], self.op.as_str()]
+        self.labels.values(self.op)
+    }
+
+    /// Values for [`BACKEND_LABELS`] followed by `extra` (`M` is 7 + `N`).
+    fn base_and<const N: usize, const M: usize>(&self, extra: [&'a str; N]) -> [&'a str; M] {
+        const { assert!(M == BACKEND_LABELS.len() + N) };
+        let base = self.base();
+        std::array::from_fn(|i| match i.checked_sub(base.len()) {
+            None => base[i],
+            Some(j) => extra[j],
+        })
     }
 
     /// Records one finished request; `error` is its error type (empty on success).
     pub fn request(&self, m: &Metrics, status: u16, error: &str, seconds: f64) {
         let c = class_index(status);
         let o = op_index(self.op);
-        let b = self.base();
-        let values = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], CLASSES[c], error];
+        let values: [&str; 9] = self.base_and([CLASSES[c], error]);
         match self.cached {
             Some(h) if error.is_empty() => {
                 h.requests[o][c]
@@ -572,12 +633,11 @@ impl<'a> Sink<'a> {
     /// Records tokens of type `TOKEN_TYPES[kind]`.
     pub fn tokens(&self, m: &Metrics, kind: usize, n: u64, estimated: bool) {
         let o = op_index(self.op);
-        let b = self.base();
         let est = usize::from(estimated);
         let est_label = if estimated { "true" } else { "false" };
         let t = TOKEN_TYPES[kind];
-        let usage = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], t];
-        let counted = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], t, est_label];
+        let usage: [&str; 8] = self.base_and([t]);
+        let counted: [&str; 9] = self.base_and([t, est_label]);
         match self.cached {
             Some(h) => {
                 h.usage[o][kind]
@@ -597,10 +657,9 @@ impl<'a> Sink<'a> {
     /// Records spend, in micro-dollars and in USD.
     pub fn cost(&self, m: &Metrics, micro: u64, estimated: bool) {
         let o = op_index(self.op);
-        let b = self.base();
         let est = usize::from(estimated);
         let est_label = if estimated { "true" } else { "false" };
-        let values = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], est_label];
+        let values: [&str; 8] = self.base_and([est_label]);
         let usd = micro as f64 / 1e6;
         match self.cached {
             Some(h) => {

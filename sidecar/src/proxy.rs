@@ -330,7 +330,7 @@ async fn attempt(
 ) -> Result<Outcome, UpstreamError> {
     attempt_unredacted(b, call, route, deadline)
         .await
-        .map_err(|e| e.redacted(b.spec.api_key.as_ref().map(|k| k.expose())))
+        .map_err(|e| e.redacted(crate::providers::key(&b.spec)))
 }
 
 async fn attempt_unredacted(
@@ -431,10 +431,7 @@ async fn attempt_unredacted(
             b.provider.decode(&b.spec, call.op, bytes)?
         };
         return Ok(Outcome::Full {
-            body: crate::providers::scrub_answer(
-                decoded.body,
-                b.spec.api_key.as_ref().map(|k| k.expose()),
-            ),
+            body: crate::providers::scrub_answer(decoded.body, crate::providers::key(&b.spec)),
             usage: decoded.usage,
             native,
         });

@@ -45,12 +45,7 @@ pub struct Relay {
 
 /// The key of the backend a ticket's stream comes from.
 fn backend_key(ticket: Option<&Ticket>) -> Option<&str> {
-    ticket?
-        .backend_state()?
-        .spec
-        .api_key
-        .as_ref()
-        .map(|k| k.expose())
+    crate::providers::key(&ticket?.backend_state()?.spec)
 }
 
 /// A chunk as the client may see it: one that carries the backend's key has it redacted.
@@ -97,11 +92,11 @@ impl Relay {
         if let Some(t) = &self.ticket
             && let Some(b) = t.backend_state()
         {
-            let labels = &b.labels;
+            let l = &b.labels;
             t.ledger
                 .metrics
                 .stream_errors
-                .with_label_values(&[&labels[0], &labels[1], reason])
+                .with_label_values(&[&l.route, &l.backend, reason])
                 .inc();
         }
     }

@@ -18,7 +18,7 @@ use llmesh_api::snapshot::{Backend, Route, Snapshot};
 use crate::breaker::Breaker;
 use crate::budget::BudgetState;
 use crate::cache::ResponseCache;
-use crate::metrics::Metrics;
+use crate::metrics::{BackendLabels, Metrics};
 use crate::providers::{self, Provider};
 use crate::ratelimit::Bucket;
 use crate::transport::{Transport, TransportFactory};
@@ -41,9 +41,8 @@ pub struct BackendState {
     pub permits: Option<Arc<Semaphore>>,
     /// The in-flight gauge for this backend.
     pub in_flight_gauge: IntGauge,
-    /// Label values: route, backend, provider, model, variant, the route's model (what clients
-    /// ask for: `gen_ai_request_model`) and OpenTelemetry's provider name.
-    pub labels: [String; 7],
+    /// Its metric label values.
+    pub labels: BackendLabels,
     /// Metric handles for this backend's own labels.
     pub metrics: crate::metrics::BackendMetrics,
     /// Header values for `x-llmesh-backend`, `-variant`, `-provider`, `-route`, built once.
@@ -181,7 +180,7 @@ impl Runtime {
 
     /// Whether every backend (with its labels) and budget of `old` is still here.
     pub fn covers(&self, old: &Runtime) -> bool {
-        let labels: std::collections::HashSet<&[String; 7]> = self
+        let labels: std::collections::HashSet<&BackendLabels> = self
             .routes
             .iter()
             .flat_map(|r| r.backends.iter().map(|b| &b.labels))
@@ -229,18 +228,18 @@ impl Runtime {
         }
         for name in ["from_backend", "to_backend"] {
             if let Some(b) = given(name)
-                && !backends().any(|s| s.labels[1] == b)
+                && !backends().any(|s| s.labels.backend == b)
             {
                 return false;
             }
         }
         if let Some(m) = given("gen_ai_request_model")
-            && !backends().any(|s| s.labels[5] == m)
+            && !backends().any(|s| s.labels.route_model == m)
         {
             return false;
         }
         if let Some(v) = given("variant")
-            && !backends().any(|s| s.labels[4] == v)
+            && !backends().any(|s| s.labels.variant == v)
         {
             return false;
         }
@@ -248,14 +247,15 @@ impl Runtime {
             return true;
         };
         let same = |s: &BackendState| {
-            s.labels[1] == backend
+            let l = &s.labels;
+            l.backend == backend
                 && [
-                    (6, "gen_ai_provider_name"),
-                    (3, "gen_ai_response_model"),
-                    (5, "gen_ai_request_model"),
+                    ("gen_ai_provider_name", &l.gen_ai_provider),
+                    ("gen_ai_response_model", &l.model),
+                    ("gen_ai_request_model", &l.route_model),
                 ]
                 .iter()
-                .all(|(i, name)| get(name).is_none_or(|v| v == s.labels[*i]))
+                .all(|(name, value)| get(name).is_none_or(|v| v == value.as_str()))
         };
         backends().any(|s| same(s))
     }
@@ -317,7 +317,7 @@ pub fn build(
                 let state = match carry.backends.get(&key) {
                     Some(s)
                         if s.spec == *b
-                            && s.labels[5] == r.model
+                            && s.labels.route_model == r.model
                             && s.breaker_config()
                                 == (r.breaker.consecutive_failures, r.breaker.cooldown_ms) =>
                     {
@@ -421,15 +421,15 @@ fn new_backend(
     transports: &TransportFactory,
     metrics: &Metrics,
 ) -> BackendState {
-    let labels = [
-        r.name.clone(),
-        b.name.clone(),
-        b.provider.as_str().to_string(),
-        b.model.clone(),
-        b.variant.clone(),
-        r.model.clone(),
-        crate::metrics::gen_ai_provider(b.provider).to_string(),
-    ];
+    let labels = BackendLabels {
+        route: r.name.clone(),
+        backend: b.name.clone(),
+        provider: b.provider.as_str().to_string(),
+        model: b.model.clone(),
+        variant: b.variant.clone(),
+        route_model: r.model.clone(),
+        gen_ai_provider: crate::metrics::gen_ai_provider(b.provider).to_string(),
+    };
     BackendState {
         spec: b.clone(),
         provider: providers::for_kind(b.provider),
@@ -446,7 +446,7 @@ fn new_backend(
             .map(|n| Arc::new(Semaphore::new(n as usize))),
         in_flight_gauge: metrics
             .in_flight
-            .with_label_values(&[&labels[0], &labels[1]]),
+            .with_label_values(&[&labels.route, &labels.backend]),
         metrics: Default::default(),
         header_values: [
             header_value(&b.name),

@@ -288,19 +288,13 @@ async fn watch_connection<C>(
 }
 
 /// The answer to a connection past the listener's cap (`limit` says which) when none can be
-/// closed for it.
+/// closed for it: the 503 `overloaded` error (`retry-after: 1`), written before hyper takes the
+/// connection.
 fn refusal(max: usize, limit: &str) -> Vec<u8> {
-    let e = crate::error::ApiError::overloaded(format!(
+    crate::error::ApiError::overloaded(format!(
         "llmesh: this listener already has {max} connections open, all busy, {limit}"
-    ));
-    let body = e.body(crate::error::ErrorFormat::OpenAi);
-    let mut out = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
+    ))
+    .raw_response(crate::error::ErrorFormat::OpenAi)
 }
 
 /// Answers a refused connection and closes it. What the client sent is read and dropped for a

@@ -12,8 +12,6 @@
 mod native;
 mod request;
 mod response;
-#[cfg(test)]
-mod tests;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

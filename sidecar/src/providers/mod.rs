@@ -443,7 +443,8 @@ impl UpstreamError {
     }
 }
 
-/// The backend's API key, when it has one: the one place provider code reads it.
+/// The backend's API key, when it has one: the one place the sidecar reads it (to send it, and
+/// to redact it from what reaches clients and logs).
 pub(crate) fn key(backend: &Backend) -> Option<&str> {
     backend.api_key.as_ref().map(|k| k.expose())
 }

@@ -308,6 +308,3 @@ impl StreamDecoder for Passthrough {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

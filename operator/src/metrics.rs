@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Budget ledgers a report touched, by result (`counted`, `duplicate`, `unknown_budget`,
     /// `conflict`, `error`).
     pub ledger_updates: IntCounterVec,
+    /// Budget ledger writes (each counts the reports that waited for it together).
+    pub ledger_writes: IntCounter,
     /// Budget alert thresholds crossed (fleet-wide, once per threshold and period), by percent.
     pub budget_alerts: IntCounterVec,
     /// Fleet spend this period per budget, micro-dollars (leader only; namespace and budget
@@ -275,6 +277,11 @@ impl Metrics {
                 "llmesh_operator_ledger_updates_total",
                 "Budget ledgers touched by usage reports, by result",
                 &["result"],
+            ),
+            ledger_writes: counter(
+                &r,
+                "llmesh_operator_ledger_writes_total",
+                "Budget ledger writes (reports that wait for a write go together in it)",
             ),
             budget_alerts: counter_vec(
                 &r,

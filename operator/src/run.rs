@@ -105,7 +105,7 @@ pub async fn run(
             metrics.clone(),
             stop_rx.clone(),
         ),
-        accountant: Accountant::new(
+        accountant: Arc::new(Accountant::new(
             client.clone(),
             settings.namespace.clone(),
             hub.clone(),
@@ -113,7 +113,7 @@ pub async fn run(
             &identity,
             system_clock(),
             spend::watch_ledgers(&client, &settings.namespace, &mut tasks),
-        ),
+        )),
         injector: Injector {
             client: client.clone(),
             template: settings.sidecar_template(),

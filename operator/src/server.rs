@@ -45,7 +45,7 @@ pub struct Api {
     /// The admission webhook.
     pub injector: Injector,
     /// Usage reports.
-    pub accountant: Accountant,
+    pub accountant: Arc<Accountant>,
 }
 
 impl Api {

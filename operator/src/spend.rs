@@ -6,7 +6,7 @@
 //! crossing raises its Event, once per threshold and period. docs/architecture.md, "Fleet
 //! budgets".
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,11 +16,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use llmesh_api::ledger::{BudgetLedger, Cap, FleetSpend, UsageAck, UsageReport};
+use llmesh_api::ledger::{Applied, BudgetLedger, Cap, FleetSpend, UsageAck, UsageReport};
 use llmesh_api::money::format_usd;
 use llmesh_api::period::period_bounds;
 use llmesh_api::snapshot::Budget;
 use llmesh_api::{API_VERSION, LLMBudget};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
@@ -77,11 +79,11 @@ pub fn cap_of(budget: &Budget) -> Cap {
 }
 
 /// Why a report was not persisted (the sidecar resends it).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SpendError {
     /// The API server refused or failed a read or write.
     #[error("cannot persist the budget ledger now: {0}")]
-    Api(#[from] kube::Error),
+    Api(String),
     /// Other replicas kept writing the same ledger.
     #[error("the budget ledger kept changing under this write; resend")]
     Conflict,
@@ -102,7 +104,22 @@ pub struct Accountant {
     clock: UnixClock,
     /// Every ledger, as this replica's watch has them: what fleet totals are answered from.
     ledgers: Store<ConfigMap>,
+    /// Reports waiting for their budget's ledger write, by budget uid.
+    queues: Mutex<HashMap<String, Queue>>,
 }
+
+/// How long a ledger write waits for more reports to join it.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The reports waiting for one budget's next ledger write.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(Arc<UsageReport>, Waiter)>,
+    /// Whether a task is writing this budget's ledger (it takes the waiting ones next).
+    writing: bool,
+}
+
+type Waiter = oneshot::Sender<Result<BudgetLedger, SpendError>>;
 
 /// Watches the ledgers in `namespace` into a store (on `tasks`).
 pub fn watch_ledgers(
@@ -149,6 +166,7 @@ impl Accountant {
             metrics,
             clock,
             ledgers,
+            queues: Mutex::new(HashMap::new()),
         }
     }
 
@@ -159,7 +177,7 @@ impl Accountant {
     /// enforced (deleted, invalid) are dropped. A report without entries (`seq` 0) only asks for
     /// the totals.
     pub async fn apply(
-        &self,
+        self: &Arc<Self>,
         id: &PodIdentity,
         mut report: UsageReport,
     ) -> Result<UsageAck, SpendError> {
@@ -172,6 +190,7 @@ impl Accountant {
             report.entries.clear();
         }
         let names: BTreeSet<String> = report.entries.iter().map(|e| e.budget.clone()).collect();
+        let report = Arc::new(report);
         let mut persisted = BTreeMap::new();
         for name in names {
             let Some((uid, budget)) = self.hub.served_budget(&id.namespace, &name) else {
@@ -216,29 +235,83 @@ impl Accountant {
             .inc();
     }
 
-    /// Applies `report` to the ledger of `budget` (uid `uid`) and writes it back, retrying on a
-    /// concurrent write; returns the ledger as persisted.
+    /// Counts `report` into the ledger of `budget` (uid `uid`); returns the ledger as persisted.
+    /// Reports for one budget that arrive while its ledger is being written wait and go together
+    /// in the next write (one GET and one PUT for all of them), so a fleet reporting every
+    /// second makes a few writes a second per budget, not one per sidecar. The write runs in its
+    /// own task: a sidecar that hangs up does not stop it for the others.
     async fn persist(
+        self: &Arc<Self>,
+        uid: &str,
+        budget: &Arc<Budget>,
+        report: &Arc<UsageReport>,
+    ) -> Result<BudgetLedger, SpendError> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut queues = self.queues.lock();
+            let q = queues.entry(uid.to_string()).or_default();
+            q.waiting.push((report.clone(), tx));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().drain(uid.to_string(), budget.clone()));
+        }
+        rx.await.unwrap_or(Err(SpendError::Conflict))
+    }
+
+    /// Writes the waiting reports of budget `uid` in batches until none wait.
+    async fn drain(self: Arc<Self>, uid: String, budget: Arc<Budget>) {
+        loop {
+            // Let the reports arriving meanwhile join this write.
+            tokio::time::sleep(BATCH_LINGER).await;
+            let batch = {
+                let mut queues = self.queues.lock();
+                let Some(q) = queues.get_mut(&uid) else {
+                    return;
+                };
+                if q.waiting.is_empty() {
+                    queues.remove(&uid);
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let reports: Vec<&UsageReport> = batch.iter().map(|(r, _)| r.as_ref()).collect();
+            let result = self.write(&uid, &budget, &reports).await;
+            for (_, tx) in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+
+    /// Applies `reports` to the ledger and writes it back, retrying on a concurrent write.
+    async fn write(
         &self,
         uid: &str,
         budget: &Budget,
-        report: &UsageReport,
+        reports: &[&UsageReport],
     ) -> Result<BudgetLedger, SpendError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = ledger_name(uid);
         for _ in 0..CONFLICT_RETRIES {
             let now = (self.clock)();
             let (current, _) = period_bounds(budget.period, now);
-            let existing = api
-                .get_opt(&name)
-                .await
-                .inspect_err(|_| self.count("error"))?;
-            let stored = existing.as_ref().and_then(read_ledger);
-            let mut ledger = stored.clone().unwrap_or_else(|| BudgetLedger::new(current));
-            let counted = ledger.apply(&budget.name, report, current, now)
-                == llmesh_api::ledger::Applied::Counted;
-            if !counted {
-                self.count("duplicate");
+            let existing = api.get_opt(&name).await.map_err(|e| {
+                self.count("error");
+                SpendError::Api(e.to_string())
+            })?;
+            let mut ledger = existing
+                .as_ref()
+                .and_then(read_ledger)
+                .unwrap_or_else(|| BudgetLedger::new(current));
+            let mut counted = 0;
+            for report in reports {
+                if ledger.apply(&budget.name, report, current, now) == Applied::Counted {
+                    counted += 1;
+                } else {
+                    self.count("duplicate");
+                }
+            }
+            if counted == 0 {
                 return Ok(ledger);
             }
             let crossed = if budget.per_user {
@@ -254,7 +327,11 @@ impl Accountant {
             };
             match written {
                 Ok(_) => {
-                    self.count("counted");
+                    self.metrics
+                        .ledger_updates
+                        .with_label_values(&["counted"])
+                        .inc_by(counted);
+                    self.metrics.ledger_writes.inc();
                     self.alert(uid, budget, &ledger, &crossed).await;
                     return Ok(ledger);
                 }
@@ -264,7 +341,7 @@ impl Accountant {
                 }
                 Err(e) => {
                     self.count("error");
-                    return Err(e.into());
+                    return Err(SpendError::Api(e.to_string()));
                 }
             }
         }

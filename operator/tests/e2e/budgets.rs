@@ -339,6 +339,23 @@ async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_mi
         usd(micro),
         done.elapsed()
     );
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", env.admin_port)).await?;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (counted, writes) = (
+        metric("llmesh_operator_ledger_updates_total{result=\"counted\"}"),
+        metric("llmesh_operator_ledger_writes_total"),
+    );
+    eprintln!("the restarted operator counted {counted} reports in {writes} ledger writes");
+    assert!(
+        counted >= writes && writes > 0.0,
+        "{counted} reports, {writes} writes"
+    );
     let uid = b.metadata.uid.clone().context("uid")?;
     let cms: Api<ConfigMap> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
     let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;

@@ -38,6 +38,48 @@ spec:
   alertThresholds: [1]
 "#;
 
+/// The operator, its webhook ready, and a fresh namespace named after `prefix`.
+async fn start_operator_in(prefix: &str) -> Result<(Operator, String)> {
+    let env = env().await;
+    let op = Operator::start(env).await?;
+    webhook_ready(env).await?;
+    let ns = env.cp.create_namespace(prefix).await?;
+    Ok((op, ns))
+}
+
+/// `n` injected pods `prefix-0`.. in `ns`, each with its sidecar ready; with `probe`, each has
+/// answered one request on route `chat`.
+async fn start_fleet(ns: &str, prefix: &str, n: usize, probe: bool) -> Result<Vec<Sidecar>> {
+    let env = env().await;
+    let mut sidecars = Vec::new();
+    for i in 0..n {
+        let pod = format!("{prefix}-{i}");
+        let (_pod, token) = injected_pod_token(env, ns, &pod).await?;
+        let cache = env.dir.join(format!("{ns}-{pod}.json"));
+        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        sc.wait_ready(Duration::from_secs(10)).await?;
+        if probe {
+            sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
+        }
+        sidecars.push(sc);
+    }
+    Ok(sidecars)
+}
+
+/// The ledger of `budget`, as the operator persisted it (ConfigMap `llmesh-ledger-<uid>` in the
+/// operator's namespace).
+async fn ledger_of(budget: &LLMBudget) -> Result<BudgetLedger> {
+    let uid = budget.metadata.uid.clone().context("uid")?;
+    let cms: Api<ConfigMap> = Api::namespaced(env().await.cp.client()?, SYSTEM_NS);
+    let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;
+    Ok(serde_json::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("ledger.json"))
+            .context("ledger.json")?,
+    )?)
+}
+
 /// What a sidecar says it spent against `budget` this period (its own, from `/metrics`).
 async fn own_spend(sc: &Sidecar, ns: &str) -> Result<(u64, u64)> {
     let (code, text) = http_get(&format!("http://127.0.0.1:{}/metrics", sc.port)).await?;
@@ -123,22 +165,12 @@ async fn threshold_events(env_ns: &str) -> Result<Vec<String>> {
 async fn two_sidecars_spend_against_one_budget_counted_once_across_restarts() -> Result<()> {
     let _serial = serial().await;
     let env = env().await;
-    let mut op = Operator::start(env).await?;
-    webhook_ready(env).await?;
-    let ns = env.cp.create_namespace("fleet").await?;
+    let (mut op, ns) = start_operator_in("fleet").await?;
     for doc in [ROUTE, BUDGET] {
         let out = apply(env, &ns, doc).await?;
         assert!(out.status.success(), "{}", output_text(&out));
     }
-    let mut sidecars = Vec::new();
-    for pod in ["web-1", "web-2"] {
-        let (_pod, token) = injected_pod_token(env, &ns, pod).await?;
-        let cache = env.dir.join(format!("{ns}-{pod}.json"));
-        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
-        sc.wait_ready(Duration::from_secs(10)).await?;
-        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
-        sidecars.push(sc);
-    }
+    let mut sidecars = start_fleet(&ns, "web", 2, true).await?;
     chats(&sidecars[0], 3).await?;
     chats(&sidecars[1], 6).await?;
     let (a, b) = (
@@ -177,15 +209,7 @@ async fn two_sidecars_spend_against_one_budget_counted_once_across_restarts() ->
 
     // The ledger: one ConfigMap in the operator's namespace, named after the budget's uid,
     // holding both reporters.
-    let uid = b1.metadata.uid.clone().context("uid")?;
-    let cms: Api<ConfigMap> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
-    let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;
-    let ledger: BudgetLedger = serde_json::from_str(
-        cm.data
-            .as_ref()
-            .and_then(|d| d.get("ledger.json"))
-            .context("ledger.json")?,
-    )?;
+    let ledger = ledger_of(&b1).await?;
     assert_eq!(ledger.total.micro_usd, micro);
     assert_eq!(ledger.reporters.len(), 2, "{ledger:?}");
 
@@ -277,24 +301,13 @@ async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_mi
     const REQUESTS: usize = 12; // per client
     let _serial = serial().await;
     let env = env().await;
-    let mut op = Operator::start(env).await?;
-    webhook_ready(env).await?;
-    let ns = env.cp.create_namespace("fleet-load").await?;
+    let (mut op, ns) = start_operator_in("fleet-load").await?;
     let budget = BUDGET.replace(r#"usd: "5.00""#, r#"usd: "1000.00""#);
     for doc in [ROUTE, budget.as_str()] {
         let out = apply(env, &ns, doc).await?;
         assert!(out.status.success(), "{}", output_text(&out));
     }
-    let mut sidecars = Vec::new();
-    for i in 0..SIDECARS {
-        let pod = format!("load-{i}");
-        let (_pod, token) = injected_pod_token(env, &ns, &pod).await?;
-        let cache = env.dir.join(format!("{ns}-{pod}.json"));
-        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
-        sc.wait_ready(Duration::from_secs(10)).await?;
-        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
-        sidecars.push(sc);
-    }
+    let mut sidecars = start_fleet(&ns, "load", SIDECARS, true).await?;
 
     // 20 clients; a second in, the operator is SIGKILLed, and restarted 3 s later.
     let load = futures::future::join_all(sidecars.iter().flat_map(|sc| {
@@ -356,15 +369,7 @@ async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_mi
         counted >= writes && writes > 0.0,
         "{counted} reports, {writes} writes"
     );
-    let uid = b.metadata.uid.clone().context("uid")?;
-    let cms: Api<ConfigMap> = Api::namespaced(env.cp.client()?, SYSTEM_NS);
-    let cm = cms.get(&format!("llmesh-ledger-{uid}")).await?;
-    let ledger: BudgetLedger = serde_json::from_str(
-        cm.data
-            .as_ref()
-            .and_then(|d| d.get("ledger.json"))
-            .context("ledger.json")?,
-    )?;
+    let ledger = ledger_of(&b).await?;
     assert_eq!(ledger.reporters.len(), SIDECARS, "{:?}", ledger.reporters);
     let mut served = 0;
     for sc in &sidecars {
@@ -384,23 +389,13 @@ async fn with_the_operator_away_each_sidecar_spends_only_its_share_of_what_was_l
 {
     let _serial = serial().await;
     let env = env().await;
-    let mut op = Operator::start(env).await?;
-    webhook_ready(env).await?;
-    let ns = env.cp.create_namespace("fleet-away").await?;
+    let (mut op, ns) = start_operator_in("fleet-away").await?;
     let budget = BUDGET.replace(r#"usd: "5.00""#, r#"usd: "1.00""#);
     for doc in [ROUTE, budget.as_str()] {
         let out = apply(env, &ns, doc).await?;
         assert!(out.status.success(), "{}", output_text(&out));
     }
-    let mut sidecars = Vec::new();
-    for pod in ["away-1", "away-2"] {
-        let (_pod, token) = injected_pod_token(env, &ns, pod).await?;
-        let cache = env.dir.join(format!("{ns}-{pod}.json"));
-        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
-        sc.wait_ready(Duration::from_secs(10)).await?;
-        sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
-        sidecars.push(sc);
-    }
+    let mut sidecars = start_fleet(&ns, "away", 2, true).await?;
     chats(&sidecars[1], 3).await?;
     let mut spent = 0;
     for sc in &sidecars {
@@ -455,21 +450,12 @@ async fn a_route_requests_per_minute_holds_across_four_sidecars() -> Result<()> 
     const LIMIT: usize = 20;
     let _serial = serial().await;
     let env = env().await;
-    let mut op = Operator::start(env).await?;
-    webhook_ready(env).await?;
-    let ns = env.cp.create_namespace("fleet-rpm").await?;
+    let (mut op, ns) = start_operator_in("fleet-rpm").await?;
     let route = format!("{ROUTE}  limits: {{requestsPerMinute: {LIMIT}}}\n");
     let out = apply(env, &ns, &route).await?;
     assert!(out.status.success(), "{}", output_text(&out));
-    let mut sidecars = Vec::new();
-    for i in 0..4 {
-        let pod = format!("rpm-{i}");
-        let (_pod, token) = injected_pod_token(env, &ns, &pod).await?;
-        let cache = env.dir.join(format!("{ns}-{pod}.json"));
-        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
-        sc.wait_ready(Duration::from_secs(10)).await?;
-        sidecars.push(sc);
-    }
+    // No probe request: it would take from the buckets.
+    let mut sidecars = start_fleet(&ns, "rpm", 4, false).await?;
     // Each asks for the fleet's view within 2 s (a query: no budget here, nothing spent).
     tokio::time::sleep(Duration::from_secs(4)).await;
     // A burst of the whole limit at every sidecar: 80 requests.

@@ -166,6 +166,15 @@ pub struct Cap {
     pub tokens: Option<u64>,
 }
 
+impl From<&crate::snapshot::Budget> for Cap {
+    fn from(b: &crate::snapshot::Budget) -> Self {
+        Self {
+            micro_usd: b.limit_usd,
+            tokens: b.limit_tokens,
+        }
+    }
+}
+
 /// One budget's fleet-wide spend this period, and what is needed to count the next report
 /// exactly once. Persisted as JSON; every field survives a round trip.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

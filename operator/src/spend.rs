@@ -70,14 +70,6 @@ pub fn read_ledger(cm: &ConfigMap) -> Option<BudgetLedger> {
     }
 }
 
-/// The caps a ledger compares with.
-pub fn cap_of(budget: &Budget) -> Cap {
-    Cap {
-        micro_usd: budget.limit_usd,
-        tokens: budget.limit_tokens,
-    }
-}
-
 /// Why a report was not persisted (the sidecar resends it).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SpendError {
@@ -317,7 +309,7 @@ impl Accountant {
             let crossed = if budget.per_user {
                 Vec::new()
             } else {
-                ledger.cross_thresholds(cap_of(budget), &budget.alert_thresholds)
+                ledger.cross_thresholds(Cap::from(budget), &budget.alert_thresholds)
             };
             ledger.prune_reporters(now);
             let cm = self.config_map(&name, budget, &ledger, existing.as_ref());

@@ -31,7 +31,7 @@ use tracing::{Instrument, info_span};
 use crate::decisions::events;
 use crate::decisions::outcome::Outcome;
 use crate::decisions::status;
-use crate::decisions::status::Rollout;
+use crate::decisions::status::{Now, Rollout};
 use crate::metrics::Metrics;
 use crate::pki::tls::FIELD_MANAGER;
 use crate::push::hub::{BudgetView, Hub, Key};
@@ -341,15 +341,6 @@ impl Context {
             }
         }
     }
-}
-
-/// The time a reconcile runs at: Unix seconds, and as metav1.Time serialises (seconds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Now {
-    /// RFC 3339, UTC.
-    pub text: String,
-    /// Unix seconds.
-    pub unix: u64,
 }
 
 /// Runs both controllers until the returned future is dropped (leadership lost).

@@ -3,15 +3,37 @@
 //! write, and whether writing it would change anything but a timestamp.
 
 use llmesh_api::condition::{ACCEPTED, BUDGET_EXCEEDED, Condition, READY, RESOLVED_REFS};
-use llmesh_api::ledger::{BudgetLedger, Spend};
+use llmesh_api::ledger::{BudgetLedger, Cap, Spend};
 use llmesh_api::money::format_usd;
 use llmesh_api::period::{period_bounds, rfc3339};
 use llmesh_api::snapshot::Budget;
 use llmesh_api::{BudgetAction, LLMBudgetStatus, LLMRouteStatus, UserSpend};
 
-use crate::decisions::controller::Now;
 use crate::decisions::outcome::Outcome;
-use crate::push::hub::BudgetView;
+
+/// The time a reconcile runs at: Unix seconds, and as metav1.Time serialises (seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// RFC 3339, UTC.
+    pub text: String,
+    /// Unix seconds.
+    pub unix: u64,
+}
+
+/// What the hub concluded about a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetView {
+    /// The generation compiled.
+    pub generation: i64,
+    /// The cap in words.
+    pub limit: Option<String>,
+    /// Everything wrong with it; empty when it is enforced.
+    pub errors: Vec<llmesh_api::compile::FieldError>,
+    /// The object's uid (its fleet ledger is named after it).
+    pub uid: String,
+    /// The compiled budget, when it is enforced.
+    pub budget: Option<std::sync::Arc<Budget>>,
+}
 
 /// Reasons, one constant each, so programs can match on them.
 pub mod reason {
@@ -263,7 +285,7 @@ pub fn spend_status(
     let ledger = ledger
         .filter(|l| l.period_start >= current)
         .unwrap_or(&fresh);
-    let cap = crate::spend::cap_of(budget);
+    let cap = Cap::from(budget);
     let total = ledger.total;
     let remaining = (!budget.per_user)
         .then(|| {

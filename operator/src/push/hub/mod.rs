@@ -36,8 +36,9 @@ use crate::metrics::Metrics;
 use crate::secrets::SecretCache;
 use crate::stores::Stores;
 
+pub use crate::decisions::status::BudgetView;
+pub use state::Key;
 use state::{BudgetEntry, PodEntry, State};
-pub use state::{BudgetView, Key};
 
 /// One encoded snapshot, shared by every pod that runs the same routes and budgets.
 #[derive(Debug)]

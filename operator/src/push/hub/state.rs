@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::{Content, Published};
 use crate::decisions::outcome::{self, Outcome};
-use crate::decisions::status::Rollout;
+use crate::decisions::status::{BudgetView, Rollout};
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
@@ -63,21 +63,6 @@ pub(super) struct BudgetEntry {
     /// Problems against the namespace's served routes (a missing downgrade backend).
     pub route_errors: Vec<FieldError>,
     pub seq: u64,
-}
-
-/// What the hub concluded about a budget.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BudgetView {
-    /// The generation compiled.
-    pub generation: i64,
-    /// The cap in words.
-    pub limit: Option<String>,
-    /// Everything wrong with it; empty when it is enforced.
-    pub errors: Vec<FieldError>,
-    /// The object's uid (its fleet ledger is named after it).
-    pub uid: String,
-    /// The compiled budget, when it is enforced.
-    pub budget: Option<Arc<Budget>>,
 }
 
 impl BudgetEntry {

@@ -54,8 +54,8 @@ pub struct Metrics {
     pub ledger_writes: IntCounter,
     /// Budget alert thresholds crossed (fleet-wide, once per threshold and period), by percent.
     pub budget_alerts: IntCounterVec,
-    /// Fleet spend this period per budget, micro-dollars (leader only; namespace and budget
-    /// labels: one series per LLMBudget).
+    /// Fleet spend this period per budget, micro-dollars (leader only; `budget_namespace` and
+    /// `budget` labels: one series per LLMBudget).
     pub budget_spent: IntGaugeVec,
     /// Fleet tokens this period per budget (leader only).
     pub budget_spent_tokens: IntGaugeVec,
@@ -67,10 +67,11 @@ pub struct Metrics {
     pub budget_burn_rate: IntGaugeVec,
 }
 
-/// A gauge per LLMBudget (`namespace`, `budget`).
+/// A gauge per LLMBudget (`budget_namespace`, `budget`). Not `namespace`: Prometheus sets that
+/// label to the operator pod's own namespace when it scrapes, and would rename this one.
 fn gauge_vec(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
-    let g =
-        IntGaugeVec::new(Opts::new(name, help), &["namespace", "budget"]).expect("valid metric");
+    let g = IntGaugeVec::new(Opts::new(name, help), &["budget_namespace", "budget"])
+        .expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }

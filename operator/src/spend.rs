@@ -98,6 +98,8 @@ pub struct Accountant {
     ledgers: Store<ConfigMap>,
     /// Reports waiting for their budget's ledger write, by budget uid.
     queues: Mutex<HashMap<String, Queue>>,
+    /// Injected pods per namespace, counted at most once a second (a count walks every pod).
+    sidecars: Mutex<HashMap<String, (std::time::Instant, u32)>>,
 }
 
 /// How long a ledger write waits for more reports to join it.
@@ -159,7 +161,24 @@ impl Accountant {
             clock,
             ledgers,
             queues: Mutex::new(HashMap::new()),
+            sidecars: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The injected pods of `ns`, counted at most once a second.
+    fn sidecars_in(&self, ns: &str) -> u32 {
+        let now = std::time::Instant::now();
+        if let Some((at, n)) = self.sidecars.lock().get(ns)
+            && now.duration_since(*at) < std::time::Duration::from_secs(1)
+        {
+            return *n;
+        }
+        let n = self.hub.injected_pods(ns);
+        let mut counts = self.sidecars.lock();
+        // Namespaces come and go: keep the map to the ones reporting lately.
+        counts.retain(|_, (at, _)| now.duration_since(*at) < std::time::Duration::from_secs(60));
+        counts.insert(ns.to_string(), (now, n));
+        n
     }
 
     /// Counts `report` from the sidecar of pod `id` into the ledger of every budget of the pod's
@@ -193,7 +212,7 @@ impl Accountant {
             persisted.insert(name, ledger);
         }
         let now = (self.clock)();
-        let sidecars = self.hub.injected_pods(&id.namespace);
+        let sidecars = self.sidecars_in(&id.namespace);
         let mut budgets = Vec::new();
         for (uid, budget) in self.hub.served_budgets(&id.namespace) {
             let ledger = match persisted.remove(&budget.name) {

@@ -19,6 +19,7 @@
 mod cluster;
 mod procstat;
 mod report;
+mod reports;
 mod sidecars;
 
 use std::net::SocketAddr;
@@ -97,6 +98,11 @@ struct Args {
     /// `BACKOFF_MAX` (`sidecar/src/operator_client.rs`); `30s` was the cap before issue 23.
     #[arg(long, default_value = "4s", value_parser = duration)]
     backoff_max: Duration,
+    /// After the edits: every sidecar also reports usage once a second for this long against one
+    /// LLMBudget; the operator's CPU, memory and answer times are measured, and the budget's
+    /// status is checked against what was acknowledged (0s skips it).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    reports: Duration,
     /// After the edits: stop the operator for this long, edit the route while it is down, start
     /// it again on the same port, and time until every sidecar serves the edit (0s skips it).
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -258,6 +264,11 @@ async fn measure(
     )?;
     let meter = Meter::start("connect", &procs, op).await;
     let t = Instant::now();
+    let report_tokens = if args.reports > Duration::ZERO {
+        tokens.clone()
+    } else {
+        Vec::new()
+    };
     let (fleet, rx) = Fleet::start(&target, tokens, !args.no_deltas, args.backoff_max);
     let mut tracker = Tracker::new(n, rx);
     tracker.expect_routes(1);
@@ -294,6 +305,23 @@ async fn measure(
     let meter = Meter::start("edits", &procs, op).await;
     let edits = change_phase(&mut tracker, &routes, args, 0, args.changes).await?;
     phases.push(meter.finish(&procs, op, tracker.take_phase()).await);
+
+    // --- usage reports ------------------------------------------------------------------------
+    let mut usage = json!(null);
+    if args.reports > Duration::ZERO {
+        usage = report_phase(
+            client,
+            &ns,
+            &target,
+            &report_tokens,
+            args,
+            op,
+            &procs,
+            &mut tracker,
+            &mut phases,
+        )
+        .await?;
+    }
 
     // --- operator outage -------------------------------------------------------------------
     let mut outage = json!(null);
@@ -524,6 +552,7 @@ async fn measure(
         },
         "edits": edits_json,
         "outage": outage,
+        "usage_reports": usage,
         "scale": scale,
         "edits_at_scale": scale_edits_json,
         "phases": phases,
@@ -532,6 +561,92 @@ async fn measure(
 }
 
 /// The reconnect storm: SIGTERM the operator (held polls get `503`, `retry-after: 1`), edit
+/// Every sidecar reports usage once a second for `--reports` against one budget; then waits for
+/// the budget's status to show exactly what the operator acknowledged.
+#[allow(clippy::too_many_arguments)]
+async fn report_phase(
+    client: &kube::Client,
+    ns: &str,
+    target: &sidecars::Target,
+    tokens: &[String],
+    args: &Args,
+    op: &Operator,
+    procs: &Procs,
+    tracker: &mut Tracker,
+    phases: &mut Vec<Phase>,
+) -> Result<serde_json::Value> {
+    use kube::api::PostParams;
+    use llmesh_api::{BudgetLimit, BudgetPeriod, LLMBudget, LLMBudgetSpec};
+    let budgets: Api<LLMBudget> = Api::namespaced(client.clone(), ns);
+    let spec = LLMBudgetSpec {
+        limit: BudgetLimit {
+            usd: Some("1000000.00".into()),
+            tokens: None,
+        },
+        period: Some(BudgetPeriod::Month),
+        ..LLMBudgetSpec::default()
+    };
+    budgets
+        .create(&PostParams::default(), &LLMBudget::new("fleet", spec))
+        .await?;
+    // Let the budget reach the snapshots (the operator counts reports only for budgets it
+    // enforces).
+    tracker.pump_for(Duration::from_secs(3)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (period_start, _) = llmesh_api::period::period_bounds(BudgetPeriod::Month, now);
+    let meter = Meter::start("reports", procs, op).await;
+    let pump = async {
+        tracker
+            .pump_for(args.reports + Duration::from_secs(1))
+            .await;
+    };
+    let (outcome, ()) = tokio::join!(
+        reports::run(target, tokens, "fleet", period_start, args.reports),
+        pump
+    );
+    phases.push(meter.finish(procs, op, tracker.take_phase()).await);
+    let t = Instant::now();
+    let want = format!("${}", llmesh_api::money::format_usd(outcome.micro_usd));
+    let mut shown = None;
+    while t.elapsed() < Duration::from_secs(60) {
+        shown = budgets.get("fleet").await?.status.and_then(|s| s.spent);
+        if shown.as_deref() == Some(want.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exact = shown.as_deref() == Some(want.as_str());
+    let latency = dist(&outcome.latencies_ms);
+    let phase = phases.last().expect("pushed above");
+    println!(
+        "reports: {} sidecars x {:.0?}: {} acknowledged, {} failed (resent), ack p50 {:.1} ms p99 {:.1} ms; operator CPU {:.2} s, peak RSS {:.1} MiB; status.spent {} (acknowledged {want}) {:.2?} after the last report",
+        tokens.len(),
+        args.reports,
+        outcome.acked,
+        outcome.failed,
+        latency.p50,
+        latency.p99,
+        phase.cpu_s.get("operator").copied().unwrap_or_default(),
+        phase.operator_rss_peak_mib,
+        shown.as_deref().unwrap_or("none"),
+        t.elapsed()
+    );
+    if !exact {
+        bail!("LLMBudget status.spent is {shown:?}, the operator acknowledged {want}");
+    }
+    Ok(json!({
+        "sidecars": tokens.len(),
+        "seconds": args.reports.as_secs_f64(),
+        "acknowledged": outcome.acked,
+        "failed": outcome.failed,
+        "ack_ms": latency,
+        "status_exact": exact,
+        "status_after_ms": ms(t.elapsed()),
+    }))
+}
+
 /// the route while it is down (`edit`), start it again on the same ports after `--outage`,
 /// and time from `/readyz` answering to every sidecar serving the edit. The sidecars' failed
 /// attempts are counted during the outage (their backoff) and after the restart (errors seen

@@ -457,15 +457,20 @@ fn operator_mode(args: &Args, url: String, open_files: u64) -> ExitCode {
             operator = %source.url,
             "llmesh-sidecar listening; point OpenAI clients at http://{listen}/v1"
         );
-        let reporter = match operator_client::UsageSender::new(&source, usage) {
-            Ok(r) => std::sync::Arc::new(r),
+        let client = match operator_client::client(&source.ca_pem) {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("llmesh-sidecar: {e}");
                 return ExitCode::from(2);
             }
         };
+        let reporter = std::sync::Arc::new(operator_client::UsageSender::new(
+            &source,
+            client.clone(),
+            usage,
+        ));
         tokio::spawn(reporter.clone().run(app.clone()));
-        tokio::spawn(operator_client::run(app.clone(), source, served));
+        tokio::spawn(operator_client::run(app.clone(), source, served, client));
         let shutdown = admin.start(&app, grace);
         server::serve(app.clone(), listener, shutdown, grace).await;
         // Every request has settled: send what is left before exiting.

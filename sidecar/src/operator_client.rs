@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, RETRY_AFTER};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -63,14 +63,12 @@ pub struct OperatorSource {
 #[error("{0}")]
 pub struct SetupError(String);
 
-type HttpsClient<B = Empty<Bytes>> = Client<hyper_rustls::HttpsConnector<HttpConnector>, B>;
+/// The HTTPS client to the operator: one connection, HTTP/2 when the operator offers it (it
+/// does), so the held poll and the usage reports share it.
+pub type OperatorClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn client<B>(ca_pem: &str) -> Result<HttpsClient<B>, SetupError>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// A client trusting `ca_pem` only.
+pub fn client(ca_pem: &str) -> Result<OperatorClient, SetupError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -94,7 +92,7 @@ where
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
-        .enable_http1()
+        .enable_all_versions()
         .build();
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -196,14 +194,12 @@ enum Trouble {
 
 /// Polls the operator forever, applying each new snapshot to `app`; `served` is what it
 /// serves now (from disk), the base of the first delta.
-pub async fn run(app: Arc<App>, source: OperatorSource, mut served: Option<Snapshot>) {
-    let client = match client(&source.ca_pem) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reach the operator");
-            return;
-        }
-    };
+pub async fn run(
+    app: Arc<App>,
+    source: OperatorSource,
+    mut served: Option<Snapshot>,
+    client: OperatorClient,
+) {
     let mut backoff = Backoff(BACKOFF_MIN);
     let mut trouble = Trouble::None;
     let mut whole = false;
@@ -261,7 +257,7 @@ fn report(app: &App, t: &Trouble, version: Option<&str>, source: &OperatorSource
 /// One poll. `whole` asks for the whole snapshot rather than a delta (after a refused delta).
 async fn poll_once(
     app: &App,
-    client: &HttpsClient,
+    client: &OperatorClient,
     source: &OperatorSource,
     served: &mut Option<Snapshot>,
     whole: &mut bool,
@@ -278,7 +274,7 @@ async fn poll_once(
     );
     let req = match Request::get(&uri)
         .header(AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
     {
         Ok(r) => r,
         Err(e) => {
@@ -418,7 +414,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// token): every [`REPORT_INTERVAL`] while there is spend to report, the unacknowledged report
 /// again until the operator acknowledges it, and once more on shutdown ([`UsageSender::flush`]).
 pub struct UsageSender {
-    client: HttpsClient<Full<Bytes>>,
+    client: OperatorClient,
     url: String,
     token_file: PathBuf,
     usage: Arc<UsageReports>,
@@ -426,15 +422,16 @@ pub struct UsageSender {
 }
 
 impl UsageSender {
-    /// A sender to the operator of `source`.
-    pub fn new(source: &OperatorSource, usage: Arc<UsageReports>) -> Result<Self, SetupError> {
-        Ok(Self {
-            client: client(&source.ca_pem)?,
+    /// A sender to the operator of `source` through `client` (the poll's: they share the
+    /// connection).
+    pub fn new(source: &OperatorSource, client: OperatorClient, usage: Arc<UsageReports>) -> Self {
+        Self {
+            client,
             url: format!("{}{USAGE_PATH}", source.url.trim_end_matches('/')),
             token_file: source.token_file.clone(),
             usage,
             failing: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 
     /// Reports forever; with nothing to report, asks for the fleet's totals every
@@ -646,10 +643,7 @@ mod tests {
 
     #[test]
     fn a_ca_without_a_certificate_is_refused_with_a_hint() {
-        let e = client::<Empty<Bytes>>("not a pem")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = client("not a pem").err().unwrap().to_string();
         assert!(e.contains("--operator-ca"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! The usage-report load: every simulated sidecar also reports spend, as the real one does
-//! (`sidecar/src/operator_client.rs`, `UsageSender`): once a second, over its own HTTPS
-//! connection, `POST /v1/usage` with the pod's token and one entry against one budget, the next
+//! (`sidecar/src/operator_client.rs`, `UsageSender`): once a second, over a second HTTPS
+//! connection (the simulated poll holds the first over HTTP/1.1; the real sidecar multiplexes
+//! both over one HTTP/2 connection), `POST /v1/usage` with the pod's token and one entry against one budget, the next
 //! report only once the previous one is acknowledged (a failed one is sent again unchanged).
 //! What the operator acknowledged is added up, to check `LLMBudget.status.spent` against it.
 

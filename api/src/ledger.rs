@@ -32,12 +32,25 @@ pub const MAX_USERS: usize = 500;
 /// bound of double counting (a sidecar retries every few seconds, for as long as it lives).
 pub const REPORTER_TTL_SECS: u64 = 24 * 3600;
 
+/// Longest process nonce a report may carry.
+pub const MAX_NONCE_LEN: usize = 64;
+
+/// Whether `nonce` is a usable process nonce (1 to [`MAX_NONCE_LEN`] letters, digits, `-`, `_`).
+pub fn valid_nonce(nonce: &str) -> bool {
+    !nonce.is_empty()
+        && nonce.len() <= MAX_NONCE_LEN
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// What one sidecar process spent since its previous report.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageReport {
-    /// The reporting process: its Pod's UID and a nonce chosen at process start, so a restarted
-    /// sidecar is a new reporter and starts again from `seq` 1.
+    /// The reporting process: a nonce chosen at process start (at most [`MAX_NONCE_LEN`]
+    /// letters, digits, `-` or `_`), so a restarted sidecar is a new reporter and starts again
+    /// from `seq` 1. The operator prefixes the Pod's uid from the verified token.
     pub reporter: String,
     /// 1, 2, 3, ... per reporter; a resend keeps its number.
     pub seq: u64,
@@ -256,6 +269,9 @@ impl BudgetLedger {
                 self.charge_user(user, &entry.spend);
             }
         }
+        if !self.reporters.contains_key(&report.reporter) {
+            self.retire_other_processes(&report.reporter);
+        }
         self.reporters.insert(
             report.reporter.clone(),
             Reporter {
@@ -264,6 +280,18 @@ impl BudgetLedger {
             },
         );
         Applied::Counted
+    }
+
+    /// Forgets the earlier processes of a new reporter's pod: reporters are named
+    /// `<pod uid>/<process nonce>` and a pod runs one sidecar process at a time, so the ledger
+    /// keeps one reporter per pod however often its sidecar restarts (or however many nonces a
+    /// misbehaving one makes up).
+    fn retire_other_processes(&mut self, reporter: &str) {
+        let Some((pod, _)) = reporter.split_once('/') else {
+            return;
+        };
+        self.reporters
+            .retain(|r, _| r.split_once('/').is_none_or(|(p, _)| p != pod));
     }
 
     fn charge_user(&mut self, user: &str, spend: &Spend) {

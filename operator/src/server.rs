@@ -114,6 +114,16 @@ impl Api {
                 );
             }
         };
+        if !llmesh_api::ledger::valid_nonce(&report.reporter) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "reporter must be 1 to {} letters, digits, - or _ (the sidecar process's nonce)",
+                    llmesh_api::ledger::MAX_NONCE_LEN
+                ),
+                None,
+            );
+        }
         match self.accountant.apply(&id, report).await {
             Ok(ack) => Response::builder()
                 .status(StatusCode::OK)

@@ -222,15 +222,16 @@ impl Accountant {
                     .get(&ObjectRef::new(&ledger_name(&uid)).within(&self.namespace))
                     .and_then(|cm| read_ledger(&cm)),
             };
+            // No ledger for this period yet: nothing spent (the answer still carries the
+            // sidecar count, for the share each takes while the operator is away).
             let (current, _) = period_bounds(budget.period, now);
-            if let Some(l) = ledger.filter(|l| l.period_start >= current) {
-                budgets.push(FleetSpend {
-                    budget: budget.name.clone(),
-                    period_start: l.period_start,
-                    spend: l.total,
-                    sidecars,
-                });
-            }
+            let ledger = ledger.filter(|l| l.period_start >= current);
+            budgets.push(FleetSpend {
+                budget: budget.name.clone(),
+                period_start: ledger.as_ref().map_or(current, |l| l.period_start),
+                spend: ledger.map(|l| l.total).unwrap_or_default(),
+                sidecars,
+            });
         }
         Ok(UsageAck {
             seq: report.seq,

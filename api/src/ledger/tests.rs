@@ -453,3 +453,36 @@ fn spend_a_sidecar_could_not_split_by_user_lands_with_the_other_users() {
     assert!(l.users.is_empty());
     assert_eq!((l.other_users.micro_usd, l.total.micro_usd), (9, 9));
 }
+
+#[test]
+fn a_pods_new_process_retires_its_earlier_ones_so_reporters_stay_one_per_pod() {
+    let mut l = BudgetLedger::new(D1);
+    let one =
+        |reporter: &str, seq| report(reporter, seq, vec![entry("b", D1, None, spend(1, 0, 0))]);
+    assert_eq!(l.apply("b", &one("pod-a/n1", 1), D1, 1), Applied::Counted);
+    assert_eq!(l.apply("b", &one("pod-b/n1", 1), D1, 1), Applied::Counted);
+    // pod-a's sidecar restarted (a new nonce): its old process is forgotten, pod-b's is not.
+    assert_eq!(l.apply("b", &one("pod-a/n2", 1), D1, 2), Applied::Counted);
+    let names: Vec<&str> = l.reporters.keys().map(String::as_str).collect();
+    assert_eq!(names, ["pod-a/n2", "pod-b/n1"]);
+    // A thousand made-up nonces from one pod leave one reporter for it.
+    for i in 0..1000 {
+        l.apply("b", &one(&format!("pod-c/x{i}"), 1), D1, 3);
+    }
+    assert_eq!(l.reporters.len(), 3);
+    assert_eq!(l.total.micro_usd, 1003);
+    // Its current process's resend is still recognised.
+    assert_eq!(
+        l.apply("b", &one("pod-c/x999", 1), D1, 4),
+        Applied::Duplicate
+    );
+}
+
+#[test]
+fn process_nonces_are_short_plain_words() {
+    assert!(valid_nonce("0123456789abcdef"));
+    assert!(valid_nonce("cpbench-7"));
+    for bad in ["", "a/b", "a b", "ü", &"x".repeat(MAX_NONCE_LEN + 1)] {
+        assert!(!valid_nonce(bad), "{bad:?}");
+    }
+}

@@ -14,7 +14,7 @@ use llmesh_api::LLMBudget;
 use llmesh_api::ledger::BudgetLedger;
 
 use crate::harness::{
-    Operator, SYSTEM_NS, Sidecar, apply, env, eventually, http_get, injected_pod_token,
+    Operator, SYSTEM_NS, Sidecar, apply, env, eventually, free_port, http_get, injected_pod_token,
     output_text, serial, webhook_ready,
 };
 
@@ -50,13 +50,25 @@ async fn start_operator_in(prefix: &str) -> Result<(Operator, String)> {
 /// `n` injected pods `prefix-0`.. in `ns`, each with its sidecar ready; with `probe`, each has
 /// answered one request on route `chat`.
 async fn start_fleet(ns: &str, prefix: &str, n: usize, probe: bool) -> Result<Vec<Sidecar>> {
+    start_fleet_to(env().await.port, ns, prefix, n, probe).await
+}
+
+/// Like [`start_fleet`], the sidecars connecting to the operator replica on `operator_port`.
+async fn start_fleet_to(
+    operator_port: u16,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+    probe: bool,
+) -> Result<Vec<Sidecar>> {
     let env = env().await;
     let mut sidecars = Vec::new();
     for i in 0..n {
         let pod = format!("{prefix}-{i}");
         let (_pod, token) = injected_pod_token(env, ns, &pod).await?;
         let cache = env.dir.join(format!("{ns}-{pod}.json"));
-        let sc = Sidecar::start(env, &format!("{ns}-{pod}"), &token, &cache).await?;
+        let sc =
+            Sidecar::start_to(env, operator_port, &format!("{ns}-{pod}"), &token, &cache).await?;
         sc.wait_ready(Duration::from_secs(10)).await?;
         if probe {
             sc.wait_backend("chat", "a", Duration::from_secs(5)).await?;
@@ -132,20 +144,37 @@ async fn chats(sc: &Sidecar, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// What `sidecars` say they spent together (micro-dollars, tokens).
+async fn fleet_spend(sidecars: &[Sidecar], ns: &str) -> Result<(u64, u64)> {
+    let (mut micro, mut tokens) = (0, 0);
+    for sc in sidecars {
+        let (m, t) = own_spend(sc, ns).await?;
+        micro += m;
+        tokens += t;
+    }
+    Ok((micro, tokens))
+}
+
 /// Waits until the budget's status shows `micro` spent and `tokens` used.
 async fn status_shows(budgets: &Api<LLMBudget>, micro: u64, tokens: u64) -> Result<LLMBudget> {
-    eventually(
-        &format!("status spent {}", usd(micro)),
-        Duration::from_secs(15),
-        || async {
-            let b = budgets.get("daily").await?;
-            let s = b.status.clone().unwrap_or_default();
-            if s.spent.as_deref() != Some(usd(micro).as_str()) || s.spent_tokens != Some(tokens) {
-                bail!("{s:?}");
-            }
-            Ok(b)
-        },
-    )
+    status_shows_within(budgets, micro, tokens, Duration::from_secs(15)).await
+}
+
+/// Like [`status_shows`], waiting at most `timeout`.
+async fn status_shows_within(
+    budgets: &Api<LLMBudget>,
+    micro: u64,
+    tokens: u64,
+    timeout: Duration,
+) -> Result<LLMBudget> {
+    eventually(&format!("status spent {}", usd(micro)), timeout, || async {
+        let b = budgets.get("daily").await?;
+        let s = b.status.clone().unwrap_or_default();
+        if s.spent.as_deref() != Some(usd(micro).as_str()) || s.spent_tokens != Some(tokens) {
+            bail!("{s:?}");
+        }
+        Ok(b)
+    })
     .await
 }
 
@@ -338,13 +367,13 @@ async fn five_sidecars_under_load_through_an_operator_kill_are_counted_to_the_mi
     );
     let done = std::time::Instant::now();
 
-    let (mut micro, mut tokens) = (0, 0);
     for sc in &sidecars {
-        let (m, t) = own_spend(sc, &ns).await?;
-        assert!(m > 0, "positive control: every sidecar spent");
-        micro += m;
-        tokens += t;
+        assert!(
+            own_spend(sc, &ns).await?.0 > 0,
+            "positive control: every sidecar spent"
+        );
     }
+    let (micro, tokens) = fleet_spend(&sidecars, &ns).await?;
     let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
     let b = status_shows(&budgets, micro, tokens).await?;
     eprintln!(
@@ -397,18 +426,8 @@ async fn with_the_operator_away_each_sidecar_spends_only_its_share_of_what_was_l
     }
     let mut sidecars = start_fleet(&ns, "away", 2, true).await?;
     chats(&sidecars[1], 3).await?;
-    let mut spent = 0;
-    for sc in &sidecars {
-        spent += own_spend(sc, &ns).await?.0;
-    }
+    let (spent, tokens) = fleet_spend(&sidecars, &ns).await?;
     let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
-    let tokens = {
-        let mut t = 0;
-        for sc in &sidecars {
-            t += own_spend(sc, &ns).await?.1;
-        }
-        t
-    };
     status_shows(&budgets, spent, tokens).await?;
     // Both have heard the fleet's total (reports every second, queries every 2 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -482,5 +501,60 @@ async fn a_route_requests_per_minute_holds_across_four_sidecars() -> Result<()> 
         sc.stop().await;
     }
     op.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_follower_takes_the_reports_and_a_new_leader_writes_status_after_the_old_one_dies()
+-> Result<()> {
+    let _serial = serial().await;
+    let env = env().await;
+    // Replica A leads; replica B follows, and the sidecars talk to B only.
+    let (mut a, ns) = start_operator_in("fleet-replicas").await?;
+    let (b_port, b_admin) = (free_port(), free_port());
+    let mut b = Operator::replica(env, b_port, b_admin).await?;
+    for doc in [ROUTE, BUDGET] {
+        let out = apply(env, &ns, doc).await?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let mut sidecars = start_fleet_to(b_port, &ns, "rep", 2, true).await?;
+    let leader = |admin: u16| async move {
+        let (_, m) = http_get(&format!("http://127.0.0.1:{admin}/metrics")).await?;
+        anyhow::Ok(m.lines().any(|l| l == "llmesh_operator_leader 1"))
+    };
+    assert!(
+        leader(env.admin_port).await? && !leader(b_admin).await?,
+        "A leads, B follows"
+    );
+    chats(&sidecars[0], 2).await?;
+    chats(&sidecars[1], 3).await?;
+    let (micro, tokens) = fleet_spend(&sidecars, &ns).await?;
+    // B persisted every report (the sidecars reach no other replica); A wrote the status.
+    let budgets: Api<LLMBudget> = Api::namespaced(env.cp.client()?, &ns);
+    status_shows(&budgets, micro, tokens).await?;
+    let (_, b_metrics) = http_get(&format!("http://127.0.0.1:{b_admin}/metrics")).await?;
+    assert!(
+        b_metrics
+            .lines()
+            .any(|l| l.starts_with("llmesh_operator_ledger_writes_total ") && !l.ends_with(" 0")),
+        "B wrote the ledger:\n{b_metrics}"
+    );
+
+    // A dies without releasing its Lease; B takes over once it runs out, and the spend made
+    // meanwhile reaches the status it writes.
+    a.kill().await;
+    chats(&sidecars[0], 2).await?;
+    let t0 = std::time::Instant::now();
+    let (micro, tokens) = fleet_spend(&sidecars, &ns).await?;
+    status_shows_within(&budgets, micro, tokens, Duration::from_secs(30)).await?;
+    eprintln!(
+        "leader SIGKILLed: the follower wrote the exact status {:.1?} later",
+        t0.elapsed()
+    );
+    assert!(leader(b_admin).await?, "B leads now");
+    for sc in &mut sidecars {
+        sc.stop().await;
+    }
+    b.stop().await;
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -163,6 +163,22 @@ impl Operator {
 
     /// The operator as ServiceAccount `SYSTEM_NS/sa`, with more flags.
     pub async fn start_as(env: &Env, sa: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::start_on(env, sa, extra_args, env.port, env.admin_port).await
+    }
+
+    /// Another replica: the chart's ServiceAccount, listening on `port` (sidecars) and
+    /// `admin_port` (probes, metrics) instead of the environment's.
+    pub async fn replica(env: &Env, port: u16, admin_port: u16) -> Result<Self> {
+        Self::start_on(env, OPERATOR_SA, &[], port, admin_port).await
+    }
+
+    async fn start_on(
+        env: &Env,
+        sa: &str,
+        extra_args: &[&str],
+        port: u16,
+        admin_port: u16,
+    ) -> Result<Self> {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = env
@@ -183,13 +199,13 @@ impl Operator {
                 "--identity",
                 &format!("e2e-operator-{n}"),
                 "--listen",
-                &format!("127.0.0.1:{}", env.port),
+                &format!("127.0.0.1:{port}"),
                 "--admin-listen",
-                &format!("127.0.0.1:{}", env.admin_port),
+                &format!("127.0.0.1:{admin_port}"),
                 "--tls-san",
                 "127.0.0.1",
                 "--operator-url",
-                &format!("https://127.0.0.1:{}", env.port),
+                &format!("https://127.0.0.1:{port}"),
                 "--sidecar-image",
                 "registry.invalid/llmesh-sidecar:e2e",
             ])
@@ -205,7 +221,7 @@ impl Operator {
             log,
             startup: Duration::ZERO,
         };
-        let url = format!("http://127.0.0.1:{}/readyz", env.admin_port);
+        let url = format!("http://127.0.0.1:{admin_port}/readyz");
         let waited = eventually("operator /readyz", Duration::from_secs(30), || async {
             let (code, _) = http_get(&url).await?;
             if code != 200 {
@@ -307,6 +323,17 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar holding `token`, trusting the operator's CA, caching at `cache`.
     pub async fn start(env: &Env, name: &str, token: &str, cache: &Path) -> Result<Self> {
+        Self::start_to(env, env.port, name, token, cache).await
+    }
+
+    /// Like [`Sidecar::start`], connecting to the operator replica on `operator_port`.
+    pub async fn start_to(
+        env: &Env,
+        operator_port: u16,
+        name: &str,
+        token: &str,
+        cache: &Path,
+    ) -> Result<Self> {
         let dir = env.dir.join(format!("sidecar-{name}"));
         std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("token");
@@ -322,7 +349,7 @@ impl Sidecar {
             .env_remove("LLMESH_CONFIG")
             .args([
                 "--operator",
-                &format!("https://127.0.0.1:{}", env.port),
+                &format!("https://127.0.0.1:{operator_port}"),
                 "--operator-ca",
                 &ca_file.display().to_string(),
                 "--token-file",

@@ -121,6 +121,24 @@ impl Reservation {
     }
 }
 
+impl BudgetState {
+    /// What is left of the USD cap at `now` for the request holding `r` (its own reservation
+    /// not counted against it; other requests in flight are): the spend this sidecar counts
+    /// (its own, plus the fleet's as the operator last said), per user for `perUser` budgets.
+    /// `None` without a USD cap.
+    pub fn usd_left_for(&self, r: &Reservation, now: u64) -> Option<MicroUsd> {
+        let cap = self.spec.limit_usd?;
+        let mut l = self.ledger.lock();
+        self.roll(&mut l, now);
+        let t = match &r.user {
+            Some(u) => l.users.get(u).copied().unwrap_or_default(),
+            None => self.fleet_tally(&l, now),
+        };
+        let held = t.reserved.saturating_sub(r.cost);
+        Some(cap.saturating_sub(t.spent.saturating_add(held)))
+    }
+}
+
 /// A threshold crossing to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {

@@ -609,6 +609,7 @@ const X_PROVIDER: HeaderName = HeaderName::from_static("x-llmesh-provider");
 const X_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmesh-attempts");
 const X_CACHE: HeaderName = HeaderName::from_static("x-llmesh-cache");
 const X_COST: HeaderName = HeaderName::from_static("x-llmesh-cost-usd");
+const X_BUDGET_LEFT: HeaderName = HeaderName::from_static("x-llmesh-budget-remaining-usd");
 
 /// The `x-llmesh-*` headers for what served the request (values built once per backend).
 fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
@@ -645,6 +646,21 @@ fn llmesh_headers(t: &Ticket, h: &mut HeaderMap, cost: Option<u64>) {
         let mut buf = [0u8; 24];
         if let Ok(v) = HeaderValue::from_str(crate::accesslog::usd(c, &mut buf)) {
             h.insert(X_COST, v);
+        }
+    }
+    // The tightest USD budget covering the request: what was left for it when it was admitted.
+    if !t.reservations.is_empty() {
+        let now = t.ledger.clock.unix_now();
+        let left = t
+            .reservations
+            .iter()
+            .filter_map(|(b, r)| b.usd_left_for(r, now))
+            .min();
+        if let Some(left) = left {
+            let mut buf = [0u8; 24];
+            if let Ok(v) = HeaderValue::from_str(crate::accesslog::usd(left, &mut buf)) {
+                h.insert(X_BUDGET_LEFT, v);
+            }
         }
     }
 }

@@ -258,6 +258,20 @@ async fn two_sidecars_spend_against_one_budget_counted_once_across_restarts() ->
     assert_eq!(events.len(), 1, "{events:#?}");
     assert!(events[0].contains("1% of this budget"), "{events:?}");
 
+    // A client sees what is left of the budget for the whole fleet, not for its pod: once the
+    // sidecar has heard the fleet's total (every 2 s), sidecar 1's answer says $5 less what
+    // both spent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left = sidecars[0].chat_headers("chat", "left").await?;
+    assert_eq!(
+        left.get("x-llmesh-budget-remaining-usd")
+            .map(String::as_str),
+        Some(usd(5_000_000 - micro).trim_start_matches('$')),
+        "{left:?}"
+    );
+    let (a_now, a_tokens) = own_spend(&sidecars[0], &ns).await?;
+    status_shows(&budgets, a_now + b.0, a_tokens + b.1).await?;
+
     // An operator restart loses nothing and counts nothing twice: more spend lands on top.
     op.stop().await;
     let mut op = Operator::start(env).await?;

@@ -426,6 +426,35 @@ impl Sidecar {
         Ok((code, backend, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// A chat completion for `model` as `user`: its response headers (the answer must be 200).
+    pub async fn chat_headers(
+        &self,
+        model: &str,
+        user: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let body = json!({
+            "model": model,
+            "user": user,
+            "messages": [{"role": "user", "content": "hello"}],
+        });
+        let req = http::Request::post(format!(
+            "http://127.0.0.1:{}/v1/chat/completions",
+            self.port
+        ))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+        anyhow::ensure!(resp.status() == 200, "{}", resp.status());
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let _ = resp.into_body().collect().await?;
+        Ok(headers)
+    }
+
     /// Waits until `model` is answered by `backend`; returns how long that took.
     pub async fn wait_backend(
         &self,

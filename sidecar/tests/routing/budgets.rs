@@ -39,6 +39,8 @@ spec:
     let r = post(body.clone()).send(&app).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last_body("a")["max_tokens"], (10_000 - p) / 2);
+    // What was left for it: the whole $0.01 (its own reservation is not counted against it).
+    assert_eq!(r.header("x-llmesh-budget-remaining-usd"), Some("0.010000"));
     // That answer cost 2,000 + 8,000 = the whole budget.
     let r = post(body.clone()).send(&app).await;
     assert_eq!(r.status, 429);
@@ -49,7 +51,17 @@ spec:
 
     clock.set(MARCH);
     up.push("a", Reply::ok("a", 10, 10));
-    assert_eq!(post(body).send(&app).await.status, 200);
+    let r = post(body.clone()).send(&app).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-llmesh-budget-remaining-usd"),
+        Some("0.010000"),
+        "a new month"
+    );
+    // 10 input tokens at $1/M and 10 output at $2/M: 30 micro-dollars spent.
+    up.push("a", Reply::ok("a", 10, 10));
+    let r = post(body).send(&app).await;
+    assert_eq!(r.header("x-llmesh-budget-remaining-usd"), Some("0.009970"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -203,7 +203,14 @@ impl Drop for Sidecar {
 // ---------------------------------------------------------------------------------------------
 // The fake upstream: OpenAI's chat completions stream over HTTP/1.1
 
-/// How the upstream ends a stream, chosen by the client in its prompt (`fault:<how>:<words>`).
+/// Requests the upstream has received, by request id (from the prompt).
+static RECEIVED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Upstream streams still writing, and those that reached their end (the sidecar never hung up).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static RAN_TO_THE_END: AtomicUsize = AtomicUsize::new(0);
+
+/// How the upstream ends a stream, chosen by the client in its prompt
+/// (`fault:<how>:<words>:<ms before the answer>:<id>:...`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Ending {
     /// Words until the sidecar hangs up (at most `words`), then a proper end with usage.
@@ -308,6 +315,10 @@ async fn serve_upstream(mut conn: TcpStream) {
         let mut it = plan.split(':').skip(1);
         let ending = Ending::parse(it.next().unwrap());
         let words: usize = it.next().unwrap().parse().unwrap();
+        let delay: u64 = it.next().unwrap().parse().unwrap();
+        RECEIVED.lock().push(it.next().unwrap().to_string());
+        let _open = (ending == Ending::UntilHangUp).then(Open::new);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         let chunked = ending != Ending::CloseEof;
         let head = if chunked {
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -353,6 +364,7 @@ async fn serve_upstream(mut conn: TcpStream) {
                 if conn.write_all(end.as_bytes()).await.is_err() {
                     return;
                 }
+                RAN_TO_THE_END.fetch_add(1, Ordering::SeqCst);
             }
             Ending::CloseChunked | Ending::CloseEof => {
                 let _ = conn.flush().await;
@@ -367,14 +379,30 @@ async fn serve_upstream(mut conn: TcpStream) {
     }
 }
 
+/// Counts an upstream stream in [`OPEN`] while it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Self {
+        OPEN.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client
 
-fn request(id: &str, ending: Ending, words: usize, close: bool) -> Vec<u8> {
+fn request(id: &str, ending: Ending, words: usize, delay_ms: u64, close: bool) -> Vec<u8> {
     let body = json!({
         "model": "chat",
         "stream": true,
-        "messages": [{"role": "user", "content": format!("fault:{}:{words}:{PROMPT}", ending.name())}],
+        "messages": [{"role": "user", "content": format!("fault:{}:{words}:{delay_ms}:{id}:{PROMPT}", ending.name())}],
     })
     .to_string();
     format!(
@@ -476,10 +504,50 @@ struct Cancelled {
     bytes: usize,
 }
 
-async fn cancel_one(addr: SocketAddr, id: String, cut: usize) -> Cancelled {
+/// Where a client leaves.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// Once the upstream has the request, before the answer starts (the upstream waits
+    /// [`EARLY_DELAY`] before its first byte).
+    BeforeTheAnswer,
+    /// After this many bytes of the (chunked) body.
+    After(usize),
+}
+
+const EARLY_DELAY: u64 = 200;
+
+async fn cancel_one(addr: SocketAddr, id: String, cut: Cut) -> Cancelled {
     // Far more words than any cut reads: the stream is still going when the client leaves.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&request(&id, Ending::UntilHangUp, 20_000, false))
+    let cut = match cut {
+        Cut::BeforeTheAnswer => {
+            s.write_all(&request(
+                &id,
+                Ending::UntilHangUp,
+                20_000,
+                EARLY_DELAY,
+                false,
+            ))
+            .await
+            .unwrap();
+            let start = Instant::now();
+            while !RECEIVED.lock().contains(&id) {
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "{id}: never reached the upstream"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            drop(s);
+            return Cancelled {
+                id,
+                delivered: 0,
+                bytes: 0,
+            };
+        }
+        Cut::After(n) => n,
+    };
+    s.write_all(&request(&id, Ending::UntilHangUp, 20_000, 0, false))
         .await
         .unwrap();
     let mut raw = Vec::new();
@@ -529,8 +597,18 @@ async fn streams_cancelled_by_the_client(n: usize) {
     let sidecar = Sidecar::start(upstream().await);
     sidecar.wait_ready().await;
     let mut rng = fastrand::Rng::with_seed(0x11e5_c4c3);
-    // Random points in the chunked body: from nothing at all to about 40 chunks.
-    let cuts: Vec<usize> = (0..n).map(|_| rng.usize(0..8_000)).collect();
+    // One in ten before the answer starts; the others at random points in the chunked body,
+    // from nothing at all to about 40 chunks.
+    let cuts: Vec<Cut> = (0..n)
+        .map(|_| match rng.usize(0..10) {
+            0 => Cut::BeforeTheAnswer,
+            _ => Cut::After(rng.usize(0..8_000)),
+        })
+        .collect();
+    let early = cuts
+        .iter()
+        .filter(|c| matches!(c, Cut::BeforeTheAnswer))
+        .count();
     let addr = sidecar.addr;
     let seen = run_all(n, |i| cancel_one(addr, format!("cancel-{i}"), cuts[i])).await;
 
@@ -538,6 +616,21 @@ async fn streams_cancelled_by_the_client(n: usize) {
     let ids: Vec<String> = seen.iter().map(|c| c.id.clone()).collect();
     let log = sidecar.logged(&ids).await;
     let settled = started.elapsed();
+    // The sidecar hangs up on the upstream of every cancelled stream: none keeps generating.
+    while OPEN.load(Ordering::SeqCst) > 0 {
+        assert!(
+            started.elapsed() < settled + PATIENCE,
+            "{} upstream streams still generating after their clients left",
+            OPEN.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hung_up = started.elapsed();
+    assert_eq!(
+        RAN_TO_THE_END.load(Ordering::SeqCst),
+        0,
+        "upstreams ran to the end"
+    );
     let (mut billed_out, mut billed_in, mut delivered) = (0u64, 0u64, 0u64);
     for (c, line) in seen.iter().zip(&log) {
         let out = line["output_tokens"].as_u64().unwrap();
@@ -586,12 +679,13 @@ async fn streams_cancelled_by_the_client(n: usize) {
     assert_eq!(cost as u64, billed_in + 2 * billed_out, "cost billed");
     assert!(billed_out >= delivered);
     eprintln!(
-        "streams cancelled by the client: N={n}, billed {n}/{n} (499 client_cancelled), \
-         output tokens billed {billed_out} >= delivered {delivered} (per request too), \
-         input tokens billed {billed_in}, cost {cost} micro-USD; clients done in {:.1}s, \
-         all billed {:.2}s later",
+        "streams cancelled by the client: N={n} ({early} before the answer started), billed \
+         {n}/{n} (499 client_cancelled), output tokens billed {billed_out} >= delivered \
+         {delivered} (per request too), input tokens billed {billed_in}, cost {cost} micro-USD; \
+         clients done in {:.1}s, all billed {:.2}s later, every upstream hung up on {:.2}s later",
         clients_done.as_secs_f64(),
-        (settled - clients_done).as_secs_f64()
+        (settled - clients_done).as_secs_f64(),
+        (hung_up - clients_done).as_secs_f64()
     );
 }
 
@@ -622,7 +716,7 @@ struct Killed {
 
 async fn kill_one(addr: SocketAddr, id: String, ending: Ending, words: usize) -> Killed {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&request(&id, ending, words, true))
+    s.write_all(&request(&id, ending, words, 0, true))
         .await
         .unwrap();
     let mut raw = Vec::new();

@@ -4,8 +4,10 @@
 //! - streams cancelled by the client at random points: every one billed (`499`,
 //!   `client_cancelled`), input tokens billed for each, and billed output >= the output tokens the
 //!   client actually received, per request (from the access log) and in total (from the metrics);
-//! - upstreams killed mid-stream: every client stream ends with the OpenAI error event, never a
-//!   silent truncation, and `llmesh_stream_errors_total` counts each.
+//! - upstreams killed mid-stream (closed in a chunked body, closed at the end of an
+//!   EOF-delimited body, or reset): every client stream ends with the error event in the
+//!   client's format (OpenAI chat completions, and Anthropic Messages translated to the OpenAI
+//!   backend), never a silent truncation, and `llmesh_stream_errors_total` counts each.
 //!
 //! [`N`] streams each in CI; `LLMESH_FAULT_SCALE=1000` (or the `#[ignore]`d `*_at_scale` tests)
 //! runs the longer figure. Each test prints what it measured. Random points come from a seeded
@@ -311,7 +313,12 @@ async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Value> 
 async fn serve_upstream(mut conn: TcpStream) {
     let mut buf = Vec::new();
     while let Some(body) = read_request(&mut conn, &mut buf).await {
-        let plan = body["messages"][0]["content"].as_str().unwrap_or_default();
+        // A string from a chat completions client; Messages clients' text may come as parts.
+        let content = &body["messages"][0]["content"];
+        let plan = content
+            .as_str()
+            .or_else(|| content[0]["text"].as_str())
+            .unwrap_or_default();
         let mut it = plan.split(':').skip(1);
         let ending = Ending::parse(it.next().unwrap());
         let words: usize = it.next().unwrap().parse().unwrap();
@@ -399,14 +406,41 @@ impl Drop for Open {
 // The client
 
 fn request(id: &str, ending: Ending, words: usize, delay_ms: u64, close: bool) -> Vec<u8> {
-    let body = json!({
-        "model": "chat",
-        "stream": true,
-        "messages": [{"role": "user", "content": format!("fault:{}:{words}:{delay_ms}:{id}:{PROMPT}", ending.name())}],
-    })
-    .to_string();
+    request_to(Client::Chat, id, ending, words, delay_ms, close)
+}
+
+/// The API a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Client {
+    /// OpenAI's `POST /v1/chat/completions`.
+    Chat,
+    /// Anthropic's `POST /v1/messages`, translated to the OpenAI backend.
+    Messages,
+}
+
+fn request_to(
+    client: Client,
+    id: &str,
+    ending: Ending,
+    words: usize,
+    delay_ms: u64,
+    close: bool,
+) -> Vec<u8> {
+    let plan = format!("fault:{}:{words}:{delay_ms}:{id}:{PROMPT}", ending.name());
+    let (path, body) = match client {
+        Client::Chat => (
+            "/v1/chat/completions",
+            json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": plan}]}),
+        ),
+        Client::Messages => (
+            "/v1/messages",
+            json!({"model": "chat", "max_tokens": 1024, "stream": true,
+                   "messages": [{"role": "user", "content": plan}]}),
+        ),
+    };
+    let body = body.to_string();
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-request-id: {id}\r\ncontent-length: {}\r\n{}\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nx-request-id: {id}\r\ncontent-length: {}\r\n{}\r\n{body}",
         body.len(),
         if close { "connection: close\r\n" } else { "" }
     )
@@ -446,13 +480,24 @@ fn parse_response(raw: &[u8]) -> (String, Vec<u8>, bool) {
 
 /// The complete `data:` payloads of an event-stream body (a partial last event is not one).
 fn complete_events(body: &[u8]) -> Vec<String> {
+    named_events(body).into_iter().map(|(_, d)| d).collect()
+}
+
+/// The complete events of an event-stream body: each one's `event:` name (empty when it has
+/// none) and `data:`.
+fn named_events(body: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(body);
     let mut events: Vec<&str> = text.split("\n\n").collect();
     events.pop(); // what follows the last separator is incomplete (or empty)
     events
         .into_iter()
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_string)
+        .filter_map(|e| {
+            let (name, data) = match e.strip_prefix("event: ") {
+                Some(rest) => rest.split_once('\n')?,
+                None => ("", e),
+            };
+            Some((name.to_string(), data.strip_prefix("data: ")?.to_string()))
+        })
         .collect()
 }
 
@@ -706,17 +751,24 @@ async fn every_stream_cancelled_by_its_client_is_billed_at_scale() {
 /// What one client saw of a stream whose upstream was killed.
 struct Killed {
     id: String,
+    client: Client,
     ending: Ending,
     words: usize,
     delivered: u64,
-    events: Vec<String>,
+    events: Vec<(String, String)>,
     complete: bool,
     head: String,
 }
 
-async fn kill_one(addr: SocketAddr, id: String, ending: Ending, words: usize) -> Killed {
+async fn kill_one(
+    addr: SocketAddr,
+    id: String,
+    client: Client,
+    ending: Ending,
+    words: usize,
+) -> Killed {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&request(&id, ending, words, 0, true))
+    s.write_all(&request_to(client, &id, ending, words, 0, true))
         .await
         .unwrap();
     let mut raw = Vec::new();
@@ -725,10 +777,25 @@ async fn kill_one(addr: SocketAddr, id: String, ending: Ending, words: usize) ->
         .unwrap_or_else(|_| panic!("{id}: the stream did not end"))
         .unwrap();
     let (head, body, complete) = parse_response(&raw);
-    let events = complete_events(&body);
+    let events = named_events(&body);
+    let delivered = match client {
+        Client::Chat => {
+            let data: Vec<String> = events.iter().map(|(_, d)| d.clone()).collect();
+            delivered_tokens(&data)
+        }
+        Client::Messages => events
+            .iter()
+            .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| {
+                v["type"] == "content_block_delta"
+                    && v["delta"]["text"].as_str().is_some_and(|t| !t.is_empty())
+            })
+            .count() as u64,
+    };
     Killed {
-        delivered: delivered_tokens(&events),
+        delivered,
         id,
+        client,
         ending,
         words,
         events,
@@ -744,58 +811,89 @@ async fn upstreams_killed_mid_stream(n: usize) {
     let mut rng = fastrand::Rng::with_seed(0x0b5e_55ed);
     let endings = [Ending::CloseChunked, Ending::CloseEof, Ending::Reset];
     // At least one word, so the stream has started (reached the client) when the kill comes.
-    let plans: Vec<(Ending, usize)> = (0..n)
-        .map(|_| (endings[rng.usize(0..endings.len())], rng.usize(1..40)))
+    // One client in four speaks Anthropic's Messages API, translated to the OpenAI backend.
+    let plans: Vec<(Client, Ending, usize)> = (0..n)
+        .map(|_| {
+            let client = if rng.usize(0..4) == 0 {
+                Client::Messages
+            } else {
+                Client::Chat
+            };
+            (
+                client,
+                endings[rng.usize(0..endings.len())],
+                rng.usize(1..40),
+            )
+        })
         .collect();
     let addr = sidecar.addr;
     let seen = run_all(n, |i| {
-        kill_one(addr, format!("kill-{i}"), plans[i].0, plans[i].1)
+        let (client, ending, words) = plans[i];
+        kill_one(addr, format!("kill-{i}"), client, ending, words)
     })
     .await;
 
     let mut by_ending: HashMap<&str, usize> = HashMap::new();
+    let (mut messages, mut reset_short, mut reset_lost) = (0, 0, 0);
     for k in &seen {
-        assert!(k.head.starts_with("http/1.1 200"), "{}: {}", k.id, k.head);
+        let what = format!(
+            "{} ({:?}, {:?} after {} words)",
+            k.id, k.client, k.ending, k.words
+        );
+        assert!(k.head.starts_with("http/1.1 200"), "{what}: {}", k.head);
         assert!(
             k.complete,
-            "{} ({:?} after {} words): the HTTP body was cut, not ended: {:?}",
-            k.id,
-            k.ending,
-            k.words,
+            "{what}: the HTTP body was cut, not ended: {:?}",
             k.events.last()
         );
-        let last = k.events.last().map(String::as_str).unwrap_or_default();
-        assert!(
-            !k.events.iter().any(|e| e == "[DONE]"),
-            "{}: [DONE] after a killed upstream",
-            k.id
-        );
-        let v: Value = serde_json::from_str(last).unwrap_or_else(|_| {
-            panic!(
-                "{} ({:?} after {} words): a silent truncation, the last event is {last:?}",
-                k.id, k.ending, k.words
-            )
+        let (name, last) = k.events.last().cloned().unwrap_or_default();
+        let v: Value = serde_json::from_str(&last).unwrap_or_else(|_| {
+            panic!("{what}: a silent truncation, the last event is {name:?} {last:?}")
         });
-        assert_eq!(
-            v["error"]["code"], "stream_error",
-            "{} ({:?} after {} words): the stream ended without an error event; last: {last}",
-            k.id, k.ending, k.words
-        );
+        let message = match k.client {
+            Client::Chat => {
+                assert!(
+                    !k.events.iter().any(|(_, d)| d == "[DONE]"),
+                    "{what}: [DONE] after a killed upstream"
+                );
+                assert_eq!(
+                    v["error"]["code"], "stream_error",
+                    "{what}: the stream ended without an error event; last: {last}"
+                );
+                &v["error"]["message"]
+            }
+            Client::Messages => {
+                messages += 1;
+                assert!(
+                    !k.events.iter().any(|(n, _)| n == "message_stop"),
+                    "{what}: message_stop after a killed upstream"
+                );
+                assert!(
+                    name == "error" && v["type"] == "error",
+                    "{what}: the stream ended without an error event; last: {name} {last}"
+                );
+                &v["error"]["message"]
+            }
+        };
         assert!(
-            v["error"]["message"]
+            message
                 .as_str()
                 .is_some_and(|m| m.starts_with("llmesh: the upstream stream failed")),
-            "{}: {last}",
-            k.id
+            "{what}: {last}"
         );
         if k.ending == Ending::Reset {
-            // A reset discards what the sidecar's kernel received and it had not read yet.
-            assert!(k.delivered <= k.words as u64, "{}: words made up", k.id);
+            // A reset flushes the sidecar's receive queue (RFC 793): words the sidecar had not
+            // read yet (past the first 8 KiB read, 32 words here) are lost to it, as to any
+            // reader; the stream must still end with the error event.
+            assert!(k.delivered <= k.words as u64, "{what}: words made up");
+            if k.delivered < k.words as u64 {
+                reset_short += 1;
+                reset_lost += k.words as u64 - k.delivered;
+            }
         } else {
             assert_eq!(
                 k.delivered, k.words as u64,
-                "{} ({:?}): every word sent before the close reaches the client",
-                k.id, k.ending
+                "{what}: every word sent before the close reaches the client"
             );
         }
         *by_ending.entry(k.ending.name()).or_default() += 1;
@@ -824,8 +922,10 @@ async fn upstreams_killed_mid_stream(n: usize) {
     }
     assert_eq!(stream_errors as usize, n, "stream errors counted:{reasons}");
     eprintln!(
-        "upstreams killed mid-stream: N={n} ({by_ending:?}), {n}/{n} ended with the OpenAI error \
-         event, 0 silent truncations, llmesh_stream_errors_total={stream_errors} ({reasons} ), \
+        "upstreams killed mid-stream: N={n} ({by_ending:?}; {messages} Messages API clients), \
+         {n}/{n} ended with the error event in the client's format, 0 silent truncations, \
+         reset streams missing words sent before the reset: {reset_short} ({reset_lost} words), \
+         llmesh_stream_errors_total={stream_errors} ({reasons} ), \
          words delivered before the kill {delivered}, output tokens billed {billed_out}, {:.1}s",
         started.elapsed().as_secs_f64()
     );

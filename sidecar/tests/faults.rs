@@ -31,7 +31,7 @@ const N: usize = 200;
 /// Streams per test in the longer run (`LLMESH_FAULT_SCALE` overrides both).
 const N_AT_SCALE: usize = 1_000;
 /// Streams in flight at once.
-const CONCURRENCY: usize = 1;
+const CONCURRENCY: usize = 16;
 /// The longest any wait lasts.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The prompt every request sends; the access log's input tokens must be at least 1.

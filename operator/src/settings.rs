@@ -96,7 +96,7 @@ pub struct Settings {
     pub lease_name: String,
 
     /// How long the leader Lease lasts without renewal.
-    #[arg(long, default_value = "15s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub lease_duration: Duration,
 
     /// How often the Lease is renewed or tried.

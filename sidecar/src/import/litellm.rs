@@ -355,7 +355,7 @@ impl Converter<'_> {
                             ..LimitsSpec::default()
                         });
                         notes.push(format!(
-                            "routing_strategy `{text}`: the deployments' summed rpm/tpm are this route's limits (per sidecar: llmesh counts in each sidecar, not in a shared Redis)"
+                            "routing_strategy `{text}`: the deployments' summed rpm/tpm are this route's limits (in a cluster each sidecar takes an equal share of them; no shared Redis)"
                         ));
                     }
                 }

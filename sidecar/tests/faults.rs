@@ -13,6 +13,8 @@
 //! runs the longer figure. Each test prints what it measured. Random points come from a seeded
 //! RNG, so a failure reproduces.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -151,22 +153,7 @@ spec:
 
     /// The sum of every sample of `name` whose labels include all of `labels`.
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self.get("/metrics").await.unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let (n, rest) = match series.split_once('{') {
-                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                (n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| rest.split(',').any(|p| p == format!("{k}=\"{v}\""))))
-                .then(|| value.trim().parse::<f64>().unwrap_or(0.0))
-            })
-            .sum()
+        common::metric_in(&self.get("/metrics").await.unwrap(), name, labels)
     }
 
     /// Waits until the access log holds a line for each of `ids`.

@@ -400,8 +400,12 @@ impl Sidecar {
         .with_context(|| format!("sidecar log:\n{}", self.log_text()))
     }
 
-    /// A chat completion for `model` as `user`: status, `x-llmesh-backend`, body.
-    pub async fn chat(&self, model: &str, user: &str) -> Result<(u16, String, String)> {
+    /// Sends a chat completion for `model` as `user`; the response, its body unread.
+    async fn send_chat(
+        &self,
+        model: &str,
+        user: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
         let body = json!({
             "model": model,
             "user": user,
@@ -414,7 +418,12 @@ impl Sidecar {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))?;
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+        Ok(tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??)
+    }
+
+    /// A chat completion for `model` as `user`: status, `x-llmesh-backend`, body.
+    pub async fn chat(&self, model: &str, user: &str) -> Result<(u16, String, String)> {
+        let resp = self.send_chat(model, user).await?;
         let code = resp.status().as_u16();
         let backend = resp
             .headers()
@@ -432,19 +441,7 @@ impl Sidecar {
         model: &str,
         user: &str,
     ) -> Result<std::collections::BTreeMap<String, String>> {
-        let body = json!({
-            "model": model,
-            "user": user,
-            "messages": [{"role": "user", "content": "hello"}],
-        });
-        let req = http::Request::post(format!(
-            "http://127.0.0.1:{}/v1/chat/completions",
-            self.port
-        ))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+        let resp = self.send_chat(model, user).await?;
         anyhow::ensure!(resp.status() == 200, "{}", resp.status());
         let headers = resp
             .headers()

@@ -615,6 +615,12 @@ pub async fn next_frame(body: &mut ResBody) -> Option<Result<String, BoxError>> 
 /// The sum of every sample of `name` whose labels include all of `labels`.
 pub fn metric(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = String::from_utf8(app.metrics.render()).expect("utf-8 metrics");
+    metric_in(&text, name, labels)
+}
+
+/// The sum of every sample of `name` in the exposition `text` whose labels include all of
+/// `labels`.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -143,7 +143,8 @@ impl Spend {
         self.input_tokens.saturating_add(self.output_tokens)
     }
 
-    fn add(&mut self, other: &Spend) {
+    /// Adds `other`, saturating.
+    pub fn add(&mut self, other: &Spend) {
         self.micro_usd = self.micro_usd.saturating_add(other.micro_usd);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
@@ -177,6 +178,14 @@ pub struct Cap {
     pub micro_usd: Option<MicroUsd>,
     /// Tokens (input + output) per period.
     pub tokens: Option<u64>,
+}
+
+impl Cap {
+    /// Whether `spend` reaches the cap (money or tokens, whichever is set).
+    pub fn reached_by(&self, spend: &Spend) -> bool {
+        self.micro_usd.is_some_and(|l| spend.micro_usd >= l)
+            || self.tokens.is_some_and(|l| spend.tokens() >= l)
+    }
 }
 
 impl From<&crate::snapshot::Budget> for Cap {
@@ -337,8 +346,7 @@ impl BudgetLedger {
 
     /// Whether the cap is reached.
     pub fn exhausted(&self, cap: Cap) -> bool {
-        cap.micro_usd.is_some_and(|l| self.total.micro_usd >= l)
-            || cap.tokens.is_some_and(|l| self.total.tokens() >= l)
+        cap.reached_by(&self.total)
     }
 
     /// The `n` users who spent most this period, most first (ties by name).

@@ -16,7 +16,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use llmesh_api::ledger::{Applied, BudgetLedger, Cap, FleetSpend, UsageAck, UsageReport};
+use llmesh_api::ledger::{
+    Applied, BudgetLedger, Cap, FleetSpend, RouteShare, UsageAck, UsageReport,
+};
 use llmesh_api::money::format_usd;
 use llmesh_api::period::period_bounds;
 use llmesh_api::snapshot::Budget;
@@ -98,12 +100,22 @@ pub struct Accountant {
     ledgers: Store<ConfigMap>,
     /// Reports waiting for their budget's ledger write, by budget uid.
     queues: Mutex<HashMap<String, Queue>>,
-    /// Injected pods per namespace, counted at most once a second (a count walks every pod).
-    sidecars: Mutex<HashMap<String, (std::time::Instant, u32)>>,
+    /// Per namespace, counted at most once a second (a count walks every pod): its injected
+    /// pods, and how many of them share each limited route.
+    sidecars: Mutex<HashMap<String, Sharers>>,
 }
 
 /// How long a ledger write waits for more reports to join it.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The sidecars of one namespace, as last counted.
+struct Sharers {
+    at: std::time::Instant,
+    /// Its injected pods.
+    pods: u32,
+    /// The pods each route with per-minute limits selects.
+    routes: Vec<RouteShare>,
+}
 
 /// The reports waiting for one budget's next ledger write.
 #[derive(Default)]
@@ -165,20 +177,25 @@ impl Accountant {
         }
     }
 
-    /// The injected pods of `ns`, counted at most once a second.
-    fn sidecars_in(&self, ns: &str) -> u32 {
+    /// The sidecars of `ns` and of its limited routes, counted at most once a second.
+    fn sidecars_in(&self, ns: &str) -> (u32, Vec<RouteShare>) {
         let now = std::time::Instant::now();
-        if let Some((at, n)) = self.sidecars.lock().get(ns)
-            && now.duration_since(*at) < std::time::Duration::from_secs(1)
+        if let Some(s) = self.sidecars.lock().get(ns)
+            && now.duration_since(s.at) < std::time::Duration::from_secs(1)
         {
-            return *n;
+            return (s.pods, s.routes.clone());
         }
-        let n = self.hub.injected_pods(ns);
-        let mut counts = self.sidecars.lock();
+        let counted = Sharers {
+            at: now,
+            pods: self.hub.injected_pods(ns),
+            routes: self.hub.route_shares(ns),
+        };
+        let answer = (counted.pods, counted.routes.clone());
+        let mut all = self.sidecars.lock();
         // Namespaces come and go: keep the map to the ones reporting lately.
-        counts.retain(|_, (at, _)| now.duration_since(*at) < std::time::Duration::from_secs(60));
-        counts.insert(ns.to_string(), (now, n));
-        n
+        all.retain(|_, s| now.duration_since(s.at) < std::time::Duration::from_secs(60));
+        all.insert(ns.to_string(), counted);
+        answer
     }
 
     /// Counts `report` from the sidecar of pod `id` into the ledger of every budget of the pod's
@@ -212,7 +229,7 @@ impl Accountant {
             persisted.insert(name, ledger);
         }
         let now = (self.clock)();
-        let sidecars = self.sidecars_in(&id.namespace);
+        let (sidecars, routes) = self.sidecars_in(&id.namespace);
         let mut budgets = Vec::new();
         for (uid, budget) in self.hub.served_budgets(&id.namespace) {
             let ledger = match persisted.remove(&budget.name) {
@@ -236,15 +253,21 @@ impl Accountant {
         Ok(UsageAck {
             seq: report.seq,
             budgets,
-            routes: self.hub.route_shares(&id.namespace),
+            routes,
         })
     }
 
     fn count(&self, result: &str) {
-        self.metrics
-            .ledger_updates
-            .with_label_values(&[result])
-            .inc();
+        self.count_n(result, 1);
+    }
+
+    fn count_n(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.metrics
+                .ledger_updates
+                .with_label_values(&[result])
+                .inc_by(n);
+        }
     }
 
     /// Counts `report` into the ledger of `budget` (uid `uid`); returns the ledger as persisted.
@@ -315,15 +338,14 @@ impl Accountant {
                 .as_ref()
                 .and_then(read_ledger)
                 .unwrap_or_else(|| BudgetLedger::new(current));
-            let mut counted = 0;
-            for report in reports {
-                if ledger.apply(&budget.name, report, current, now) == Applied::Counted {
-                    counted += 1;
-                } else {
-                    self.count("duplicate");
-                }
-            }
+            let counted = reports
+                .iter()
+                .filter(|r| ledger.apply(&budget.name, r, current, now) == Applied::Counted)
+                .count() as u64;
+            // Counted once this attempt is final (a conflict applies them all again).
+            let duplicates = reports.len() as u64 - counted;
             if counted == 0 {
+                self.count_n("duplicate", duplicates);
                 return Ok(ledger);
             }
             let crossed = if budget.per_user {
@@ -339,10 +361,8 @@ impl Accountant {
             };
             match written {
                 Ok(_) => {
-                    self.metrics
-                        .ledger_updates
-                        .with_label_values(&["counted"])
-                        .inc_by(counted);
+                    self.count_n("counted", counted);
+                    self.count_n("duplicate", duplicates);
                     self.metrics.ledger_writes.inc();
                     self.alert(uid, budget, &ledger, &crossed).await;
                     return Ok(ledger);

@@ -84,7 +84,7 @@ impl UsageReports {
                 *slot = (e.period_start, Spend::default());
             }
             if e.period_start == slot.0 {
-                slot.1 = add(slot.1, e.spend);
+                slot.1.add(&e.spend);
             }
         }
         for fleet in &ack.budgets {
@@ -105,15 +105,6 @@ impl UsageReports {
             }
         }
         report.is_some()
-    }
-}
-
-fn add(a: Spend, b: Spend) -> Spend {
-    Spend {
-        micro_usd: a.micro_usd.saturating_add(b.micro_usd),
-        input_tokens: a.input_tokens.saturating_add(b.input_tokens),
-        output_tokens: a.output_tokens.saturating_add(b.output_tokens),
-        requests: a.requests.saturating_add(b.requests),
     }
 }
 

@@ -3,7 +3,7 @@
 //! write, and whether writing it would change anything but a timestamp.
 
 use llmesh_api::condition::{ACCEPTED, BUDGET_EXCEEDED, Condition, READY, RESOLVED_REFS};
-use llmesh_api::ledger::{BudgetLedger, Cap, Spend};
+use llmesh_api::ledger::{BudgetLedger, Cap};
 use llmesh_api::money::format_usd;
 use llmesh_api::period::{period_bounds, rfc3339};
 use llmesh_api::snapshot::Budget;
@@ -320,11 +320,7 @@ pub fn spend_status(
     };
     let resets = rfc3339(end);
     let exceeded = if budget.per_user {
-        let capped = |s: &Spend| {
-            cap.micro_usd.is_some_and(|l| s.micro_usd >= l)
-                || cap.tokens.is_some_and(|l| s.tokens() >= l)
-        };
-        let n = ledger.users.values().filter(|s| capped(s)).count();
+        let n = ledger.users.values().filter(|s| cap.reached_by(s)).count();
         if n > 0 {
             Condition::new(
                 BUDGET_EXCEEDED,

@@ -1,5 +1,6 @@
 use super::*;
 use llmesh_api::compile::FieldError;
+use llmesh_api::ledger::Spend;
 use std::sync::Arc;
 
 fn fe(field: &str, message: &str) -> FieldError {
